@@ -1,0 +1,194 @@
+//! Object store access by URI: SHA-256-verified reads and create-only writes.
+//!
+//! The scheme picks the store (`file://` here; `s3://` and `gs://` when the crate is
+//! built with those stores). Results and envelopes are written with
+//! [`PutMode::Create`], so a second writer of the same key gets
+//! [`PutOutcome::AlreadyExisted`] and the first value stays.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use url::Url;
+
+use crate::digest::{Sha256Hex, Sha256Stream};
+
+/// Errors from object store access, each naming the URI involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid object URI {uri:?}: {reason}")]
+    InvalidUri { uri: String, reason: String },
+    #[error("failed to read {uri}")]
+    Read {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("failed to write {uri}")]
+    Write {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("SHA-256 mismatch for {uri}: expected {expected}, found {actual}")]
+    DigestMismatch {
+        uri: String,
+        expected: Sha256Hex,
+        actual: Sha256Hex,
+    },
+}
+
+impl StoreError {
+    /// Returns whether the error is a data error (the bytes are wrong or missing)
+    /// rather than a failure that a retry may fix.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            StoreError::InvalidUri { .. } | StoreError::DigestMismatch { .. } => true,
+            StoreError::Read { source, .. } => matches!(source, object_store::Error::NotFound { .. }),
+            StoreError::Write { .. } => false,
+        }
+    }
+}
+
+/// Whether a create-only write stored new bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// Another writer had already stored this key; its bytes were kept.
+    AlreadyExisted,
+}
+
+/// An object store plus the path of one object in it.
+pub struct Location {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: Path,
+    pub uri: String,
+}
+
+/// Resolves a URI to its store and path.
+pub fn locate(uri: &str) -> Result<Location, StoreError> {
+    let invalid = |reason: String| StoreError::InvalidUri {
+        uri: uri.to_string(),
+        reason,
+    };
+    let url = Url::parse(uri).map_err(|error| invalid(error.to_string()))?;
+
+    if url.scheme() == "file" && url.path().is_empty() {
+        return Err(invalid("a file:// URI needs an absolute path".into()));
+    }
+    let (store, path) = object_store::parse_url(&url).map_err(|error| invalid(error.to_string()))?;
+
+    Ok(Location {
+        store: Arc::from(store),
+        path,
+        uri: uri.to_string(),
+    })
+}
+
+/// Joins a prefix URI and a relative key with exactly one `/` between them.
+pub fn join(prefix: &str, key: &str) -> String {
+    format!("{}/{}", prefix.trim_end_matches('/'), key.trim_start_matches('/'))
+}
+
+/// Reads a whole object.
+pub async fn get(uri: &str) -> Result<Bytes, StoreError> {
+    let location = locate(uri)?;
+    let read_error = |source| StoreError::Read {
+        uri: uri.to_string(),
+        source,
+    };
+    let result = location.store.get(&location.path).await.map_err(read_error)?;
+    result.bytes().await.map_err(read_error)
+}
+
+/// Reads a whole object and checks its SHA-256 against `expected`.
+pub async fn get_verified(uri: &str, expected: &Sha256Hex) -> Result<Bytes, StoreError> {
+    let bytes = get(uri).await?;
+
+    let mut hasher = Sha256Stream::default();
+    hasher.update(&bytes);
+    let actual = hasher.finish();
+
+    if &actual != expected {
+        return Err(StoreError::DigestMismatch {
+            uri: uri.to_string(),
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Writes an object only if its key does not exist yet.
+pub async fn put_create(uri: &str, bytes: Bytes) -> Result<PutOutcome, StoreError> {
+    let location = locate(uri)?;
+    let options = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    let outcome = location
+        .store
+        .put_opts(&location.path, PutPayload::from(bytes), options)
+        .await;
+
+    match outcome {
+        Ok(_) => Ok(PutOutcome::Created),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExisted),
+        Err(source) => Err(StoreError::Write {
+            uri: uri.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Returns whether an object exists.
+pub async fn exists(uri: &str) -> Result<bool, StoreError> {
+    let location = locate(uri)?;
+    match location.store.head(&location.path).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(source) => Err(StoreError::Read {
+            uri: uri.to_string(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_inserts_one_slash() {
+        assert_eq!(join("file:///a/", "/b"), "file:///a/b");
+        assert_eq!(join("file:///a", "b"), "file:///a/b");
+    }
+
+    #[tokio::test]
+    async fn second_create_keeps_first_value() {
+        let dir = std::env::temp_dir().join(format!("spillway-store-{}", std::process::id()));
+        let uri = format!("file://{}/result.bin", dir.display());
+
+        let first = put_create(&uri, Bytes::from_static(b"first")).await.unwrap();
+        let second = put_create(&uri, Bytes::from_static(b"second")).await.unwrap();
+
+        assert_eq!(first, PutOutcome::Created);
+        assert_eq!(second, PutOutcome::AlreadyExisted);
+        assert_eq!(get(&uri).await.unwrap(), Bytes::from_static(b"first"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn digest_mismatch_is_a_data_error() {
+        let dir = std::env::temp_dir().join(format!("spillway-verify-{}", std::process::id()));
+        let uri = format!("file://{}/shard.jsonl", dir.display());
+        put_create(&uri, Bytes::from_static(b"data")).await.unwrap();
+
+        let error = get_verified(&uri, &Sha256Hex::of(b"other")).await.unwrap_err();
+
+        assert!(matches!(error, StoreError::DigestMismatch { .. }));
+        assert!(error.is_data_error());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
