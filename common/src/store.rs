@@ -45,7 +45,9 @@ impl StoreError {
     pub fn is_data_error(&self) -> bool {
         match self {
             StoreError::InvalidUri { .. } | StoreError::DigestMismatch { .. } => true,
-            StoreError::Read { source, .. } => matches!(source, object_store::Error::NotFound { .. }),
+            StoreError::Read { source, .. } => {
+                matches!(source, object_store::Error::NotFound { .. })
+            }
             StoreError::Write { .. } => false,
         }
     }
@@ -77,7 +79,8 @@ pub fn locate(uri: &str) -> Result<Location, StoreError> {
     if url.scheme() == "file" && url.path().is_empty() {
         return Err(invalid("a file:// URI needs an absolute path".into()));
     }
-    let (store, path) = object_store::parse_url(&url).map_err(|error| invalid(error.to_string()))?;
+    let (store, path) =
+        object_store::parse_url(&url).map_err(|error| invalid(error.to_string()))?;
 
     Ok(Location {
         store: Arc::from(store),
@@ -88,7 +91,11 @@ pub fn locate(uri: &str) -> Result<Location, StoreError> {
 
 /// Joins a prefix URI and a relative key with exactly one `/` between them.
 pub fn join(prefix: &str, key: &str) -> String {
-    format!("{}/{}", prefix.trim_end_matches('/'), key.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        prefix.trim_end_matches('/'),
+        key.trim_start_matches('/')
+    )
 }
 
 /// Reads a whole object.
@@ -98,7 +105,11 @@ pub async fn get(uri: &str) -> Result<Bytes, StoreError> {
         uri: uri.to_string(),
         source,
     };
-    let result = location.store.get(&location.path).await.map_err(read_error)?;
+    let result = location
+        .store
+        .get(&location.path)
+        .await
+        .map_err(read_error)?;
     result.bytes().await.map_err(read_error)
 }
 
@@ -170,8 +181,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("spillway-store-{}", std::process::id()));
         let uri = format!("file://{}/result.bin", dir.display());
 
-        let first = put_create(&uri, Bytes::from_static(b"first")).await.unwrap();
-        let second = put_create(&uri, Bytes::from_static(b"second")).await.unwrap();
+        let first = put_create(&uri, Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        let second = put_create(&uri, Bytes::from_static(b"second"))
+            .await
+            .unwrap();
 
         assert_eq!(first, PutOutcome::Created);
         assert_eq!(second, PutOutcome::AlreadyExisted);
@@ -185,7 +200,9 @@ mod tests {
         let uri = format!("file://{}/shard.jsonl", dir.display());
         put_create(&uri, Bytes::from_static(b"data")).await.unwrap();
 
-        let error = get_verified(&uri, &Sha256Hex::of(b"other")).await.unwrap_err();
+        let error = get_verified(&uri, &Sha256Hex::of(b"other"))
+            .await
+            .unwrap_err();
 
         assert!(matches!(error, StoreError::DigestMismatch { .. }));
         assert!(error.is_data_error());

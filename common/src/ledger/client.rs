@@ -1,0 +1,653 @@
+//! Async client for the ledger, shared by the daemon and the worker.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use super::keys::Keys;
+use super::scripts;
+use crate::manifest::Manifest;
+use crate::task::TaskSpec;
+
+/// Tasks created per script call during admission, so one call never blocks Redis
+/// for long on a job with many tasks.
+const ADMIT_CHUNK: usize = 500;
+
+/// Errors from ledger operations, each naming the operation and the ids involved.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("failed to connect to the ledger at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("ledger operation {operation} failed for job {job_id}")]
+    Redis {
+        operation: &'static str,
+        job_id: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("ledger returned an invalid {what} for job {job_id}: {detail}")]
+    Corrupt {
+        what: &'static str,
+        job_id: String,
+        detail: String,
+    },
+}
+
+/// Result of admitting a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The job and all of its tasks were created by this call.
+    Created,
+    /// The job already existed (a redelivered message); `state` is its current state.
+    /// An `admitting` job found here was completed by this call.
+    Existing { state: String },
+}
+
+/// A task leased by a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub task_id: String,
+    pub attempt: u32,
+    pub spec: TaskSpec,
+    pub queued_at_ms: i64,
+    pub leased_at_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct RawLease {
+    task_id: String,
+    attempt: u32,
+    spec: String,
+    queued_at_ms: i64,
+    leased_at_ms: i64,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The worker's lease was extended.
+    Extended,
+    /// The worker holds no task; only its registration was extended.
+    Idle,
+    /// The lease expired or another attempt owns the task; the result will be a duplicate
+    /// unless this attempt completes first.
+    Lost,
+}
+
+/// What a completion did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The first completion of this task.
+    Completed,
+    /// The first completion, and the job's last open task.
+    CompletedLast,
+    /// The task had already been completed; this one was counted and discarded.
+    Duplicate,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The input is wrong (bad SHA-256, unreadable shard); retrying cannot help.
+    Data,
+    /// Infrastructure or kernel failure; the task is queued again within max attempts.
+    Retryable,
+}
+
+/// What one reaper pass did for one job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct ReapReport {
+    pub expired: u64,
+    pub requeued: u64,
+    pub dead: u64,
+    pub workers_alive: u64,
+}
+
+/// A job's record: state, counters and manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub name: String,
+    pub state: String,
+    pub manifest_json: String,
+    pub priority: i64,
+    pub max_attempts: u64,
+    pub tasks_total: u64,
+    pub queued: u64,
+    pub leased: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub duplicates: u64,
+    pub lease_expiries: u64,
+    pub retries: u64,
+    pub admitted_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub artefact_uri: Option<String>,
+    /// JSON summary written when the job finished.
+    pub summary: Option<String>,
+}
+
+impl JobRecord {
+    /// Returns whether the job reached `succeeded` or `failed`.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed")
+    }
+
+    /// Parses the stored manifest.
+    pub fn manifest(&self) -> Result<Manifest, LedgerError> {
+        serde_json::from_str(&self.manifest_json).map_err(|error| LedgerError::Corrupt {
+            what: "manifest",
+            job_id: self.job_id.clone(),
+            detail: error.to_string(),
+        })
+    }
+}
+
+/// One task's record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskRecord {
+    pub spec: TaskSpec,
+    pub state: String,
+    pub attempt: u32,
+    pub reason: Option<String>,
+    pub result_uri: Option<String>,
+}
+
+/// Connection to the ledger; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+impl Ledger {
+    /// Connects to Redis at `url` (`redis://[:password@]host:port/db`).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, LedgerError> {
+        let connect_error = |source| LedgerError::Connect {
+            url: redact_password(url),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(connect_error)?;
+        let conn = ConnectionManager::new(client)
+            .await
+            .map_err(connect_error)?;
+
+        Ok(Self {
+            conn,
+            keys: Keys::new(prefix),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A connection for commands outside the ledger API, such as intake streams.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Creates a job and all of its tasks, then opens it for leasing and lists it as
+    /// active. Safe to repeat: a redelivered manifest finds the job and adds nothing,
+    /// and a job left half-admitted by a crash is completed.
+    pub async fn admit(
+        &self,
+        job_id: &str,
+        manifest: &Manifest,
+        tasks: &[TaskSpec],
+    ) -> Result<Admission, LedgerError> {
+        let mut conn = self.conn.clone();
+        let manifest_json = serde_json::to_string(manifest).expect("manifest serializes");
+        let redis_error = |operation| {
+            move |source| LedgerError::Redis {
+                operation,
+                job_id: job_id.to_string(),
+                source,
+            }
+        };
+
+        let state: String = scripts::CREATE_JOB
+            .key(self.keys.job(job_id))
+            .arg(manifest_json)
+            .arg(tasks.len())
+            .arg(manifest.max_attempts())
+            .arg(manifest.priority)
+            .arg(&manifest.name)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error("create_job"))?;
+
+        if state == "created" || state == "admitting" {
+            self.add_tasks(job_id, tasks).await?;
+            let opened: String = scripts::OPEN_JOB
+                .key(self.keys.job(job_id))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error("open_job"))?;
+            if opened != "running" {
+                return Err(LedgerError::Corrupt {
+                    what: "job state after admission",
+                    job_id: job_id.to_string(),
+                    detail: opened,
+                });
+            }
+        }
+
+        // Listing the job is a separate step because the active-job index is a global
+        // key outside the job's hash slot. A crash before it leaves the message
+        // unacknowledged, and the redelivery lists the job then.
+        if !matches!(state.as_str(), "succeeded" | "failed") {
+            let admitted_ms = now_ms();
+            let _: () = conn
+                .zadd(self.keys.active_jobs(), job_id, admitted_ms)
+                .await
+                .map_err(redis_error("list_active"))?;
+        }
+
+        if state == "created" {
+            Ok(Admission::Created)
+        } else {
+            Ok(Admission::Existing { state })
+        }
+    }
+
+    async fn add_tasks(&self, job_id: &str, tasks: &[TaskSpec]) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+
+        for chunk in tasks.chunks(ADMIT_CHUNK) {
+            let mut invocation = scripts::ADD_TASKS.prepare_invoke();
+            invocation.key(self.keys.job(job_id));
+            invocation.key(self.keys.queue(job_id));
+            for task in chunk {
+                invocation.key(self.keys.task(job_id, &task.task_id));
+            }
+            for task in chunk {
+                invocation.arg(serde_json::to_string(task).expect("task spec serializes"));
+            }
+            for task in chunk {
+                invocation.arg(&task.task_id);
+            }
+
+            let _created: u64 =
+                invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|source| LedgerError::Redis {
+                        operation: "add_tasks",
+                        job_id: job_id.to_string(),
+                        source,
+                    })?;
+        }
+        Ok(())
+    }
+
+    /// Leases the next queued task of a job for `lease`, or returns `None` when no task
+    /// is queued.
+    pub async fn lease(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Option<Lease>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = scripts::LEASE
+            .key(self.keys.job(job_id))
+            .key(self.keys.queue(job_id))
+            .key(self.keys.leases(job_id))
+            .key(self.keys.workers(job_id))
+            .arg(worker_id)
+            .arg(duration_ms(lease))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("lease", job_id, source))?;
+
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let corrupt = |detail: String| LedgerError::Corrupt {
+            what: "lease",
+            job_id: job_id.to_string(),
+            detail,
+        };
+        let parsed: RawLease = serde_json::from_str(&raw).map_err(|e| corrupt(e.to_string()))?;
+        let spec: TaskSpec =
+            serde_json::from_str(&parsed.spec).map_err(|e| corrupt(e.to_string()))?;
+
+        Ok(Some(Lease {
+            task_id: parsed.task_id,
+            attempt: parsed.attempt,
+            spec,
+            queued_at_ms: parsed.queued_at_ms,
+            leased_at_ms: parsed.leased_at_ms,
+        }))
+    }
+
+    /// Extends a worker's registration and, when `task` is given as `(task_id, attempt)`,
+    /// the lease of that task.
+    pub async fn heartbeat(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        lease: Duration,
+        task: Option<(&str, u32)>,
+    ) -> Result<Heartbeat, LedgerError> {
+        let mut conn = self.conn.clone();
+        let (task_id, attempt) = task.unwrap_or(("", 0));
+        let outcome: String = scripts::HEARTBEAT
+            .key(self.keys.job(job_id))
+            .key(self.keys.leases(job_id))
+            .key(self.keys.workers(job_id))
+            .arg(worker_id)
+            .arg(duration_ms(lease))
+            .arg(task_id)
+            .arg(attempt)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("heartbeat", job_id, source))?;
+
+        match outcome.as_str() {
+            "ok" => Ok(Heartbeat::Extended),
+            "idle" => Ok(Heartbeat::Idle),
+            _ => Ok(Heartbeat::Lost),
+        }
+    }
+
+    /// Records a task's completion. The first completion wins.
+    pub async fn complete(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        worker_id: &str,
+        attempt: u32,
+        result_uri: &str,
+    ) -> Result<Completion, LedgerError> {
+        let mut conn = self.conn.clone();
+        let outcome: String = scripts::COMPLETE
+            .key(self.keys.job(job_id))
+            .key(self.keys.queue(job_id))
+            .key(self.keys.leases(job_id))
+            .arg(task_id)
+            .arg(worker_id)
+            .arg(attempt)
+            .arg(result_uri)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("complete", job_id, source))?;
+
+        match outcome.as_str() {
+            "completed" => Ok(Completion::Completed),
+            "completed_last" => Ok(Completion::CompletedLast),
+            "duplicate" => Ok(Completion::Duplicate),
+            other => Err(LedgerError::Corrupt {
+                what: "completion outcome",
+                job_id: job_id.to_string(),
+                detail: other.to_string(),
+            }),
+        }
+    }
+
+    /// Ends a failed attempt and returns the task's new state (`queued`, `failed`,
+    /// `dead`), or `stale` when the attempt no longer owned the task.
+    pub async fn fail(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        worker_id: &str,
+        attempt: u32,
+        kind: FailureKind,
+        reason: &str,
+    ) -> Result<String, LedgerError> {
+        let mut conn = self.conn.clone();
+        let kind = match kind {
+            FailureKind::Data => "data",
+            FailureKind::Retryable => "retryable",
+        };
+        scripts::FAIL
+            .key(self.keys.job(job_id))
+            .key(self.keys.queue(job_id))
+            .key(self.keys.leases(job_id))
+            .arg(task_id)
+            .arg(worker_id)
+            .arg(attempt)
+            .arg(kind)
+            .arg(reason)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("fail", job_id, source))
+    }
+
+    /// Queues again, or marks dead, up to `limit` tasks whose lease expired.
+    pub async fn reap(&self, job_id: &str, limit: u32) -> Result<ReapReport, LedgerError> {
+        let mut conn = self.conn.clone();
+        let raw: String = scripts::REAP
+            .key(self.keys.job(job_id))
+            .key(self.keys.queue(job_id))
+            .key(self.keys.leases(job_id))
+            .key(self.keys.workers(job_id))
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("reap", job_id, source))?;
+
+        serde_json::from_str(&raw).map_err(|error| LedgerError::Corrupt {
+            what: "reap report",
+            job_id: job_id.to_string(),
+            detail: error.to_string(),
+        })
+    }
+
+    /// Records a reduced job's final state, moves it to the finished index and returns
+    /// the state it has afterwards.
+    pub async fn finish_job(
+        &self,
+        job_id: &str,
+        state: &str,
+        artefact_uri: Option<&str>,
+        summary: &str,
+    ) -> Result<String, LedgerError> {
+        let mut conn = self.conn.clone();
+        let final_state: String = scripts::FINISH_JOB
+            .key(self.keys.job(job_id))
+            .arg(state)
+            .arg(artefact_uri.unwrap_or(""))
+            .arg(summary)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("finish_job", job_id, source))?;
+
+        let finished_ms = now_ms();
+        let _: () = redis::pipe()
+            .zadd(self.keys.finished_jobs(), job_id, finished_ms)
+            .zrem(self.keys.active_jobs(), job_id)
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("list_finished", job_id, source))?;
+        Ok(final_state)
+    }
+
+    /// Reads a job's record, or `None` when the ledger has no such job.
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, String> = conn
+            .hgetall(self.keys.job(job_id))
+            .await
+            .map_err(|source| self.redis_error("read_job", job_id, source))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(job_record(job_id, &fields)))
+    }
+
+    /// Reads every task record of a job, in task order.
+    pub async fn tasks(&self, job_id: &str, total: u64) -> Result<Vec<TaskRecord>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let mut records = Vec::with_capacity(total as usize);
+        let ids: Vec<String> = (0..total as u32).map(crate::task::task_id).collect();
+
+        for chunk in ids.chunks(ADMIT_CHUNK) {
+            let mut pipe = redis::pipe();
+            for task_id in chunk {
+                pipe.hgetall(self.keys.task(job_id, task_id));
+            }
+            let rows: Vec<HashMap<String, String>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|source| self.redis_error("read_tasks", job_id, source))?;
+            for (task_id, fields) in chunk.iter().zip(rows) {
+                records.push(self.task_record(job_id, task_id, &fields)?);
+            }
+        }
+        Ok(records)
+    }
+
+    fn task_record(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        fields: &HashMap<String, String>,
+    ) -> Result<TaskRecord, LedgerError> {
+        let corrupt = |detail: String| LedgerError::Corrupt {
+            what: "task record",
+            job_id: job_id.to_string(),
+            detail: format!("{task_id}: {detail}"),
+        };
+        let spec_json = fields
+            .get("spec")
+            .ok_or_else(|| corrupt("missing spec".into()))?;
+        let spec = serde_json::from_str(spec_json).map_err(|e| corrupt(e.to_string()))?;
+
+        Ok(TaskRecord {
+            spec,
+            state: fields.get("state").cloned().unwrap_or_default(),
+            attempt: parse_field(fields, "attempt"),
+            reason: fields.get("reason").or(fields.get("last_error")).cloned(),
+            result_uri: fields.get("result_uri").cloned(),
+        })
+    }
+
+    /// Lists the ids of jobs that are not finished, oldest first.
+    pub async fn active_jobs(&self) -> Result<Vec<String>, LedgerError> {
+        let mut conn = self.conn.clone();
+        conn.zrange(self.keys.active_jobs(), 0, -1)
+            .await
+            .map_err(|source| self.redis_error("list_active", "*", source))
+    }
+
+    /// Lists up to `limit` finished jobs, newest first.
+    pub async fn finished_jobs(&self, limit: isize) -> Result<Vec<String>, LedgerError> {
+        let mut conn = self.conn.clone();
+        conn.zrevrange(self.keys.finished_jobs(), 0, limit - 1)
+            .await
+            .map_err(|source| self.redis_error("list_finished", "*", source))
+    }
+
+    /// Counts live workers of a job: those whose last heartbeat has not expired.
+    pub async fn live_workers(&self, job_id: &str) -> Result<u64, LedgerError> {
+        let mut conn = self.conn.clone();
+        // Heartbeat deadlines are in Redis server time, so compare against that clock.
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("count_workers", job_id, source))?;
+        let server_now_ms = seconds * 1000 + micros / 1000;
+        conn.zcount(self.keys.workers(job_id), server_now_ms, "+inf")
+            .await
+            .map_err(|source| self.redis_error("count_workers", job_id, source))
+    }
+
+    /// Takes the job's reduce lock for `ttl` unless another daemon holds it.
+    pub async fn try_lock_reduce(
+        &self,
+        job_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, LedgerError> {
+        let mut conn = self.conn.clone();
+        let options = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .with_expiration(redis::SetExpiry::PX(duration_ms(ttl)));
+        let taken: Option<String> = conn
+            .set_options(self.keys.reduce_lock(job_id), owner, options)
+            .await
+            .map_err(|source| self.redis_error("lock_reduce", job_id, source))?;
+        Ok(taken.is_some())
+    }
+
+    fn redis_error(
+        &self,
+        operation: &'static str,
+        job_id: &str,
+        source: redis::RedisError,
+    ) -> LedgerError {
+        LedgerError::Redis {
+            operation,
+            job_id: job_id.to_string(),
+            source,
+        }
+    }
+}
+
+fn job_record(job_id: &str, fields: &HashMap<String, String>) -> JobRecord {
+    let text = |name: &str| fields.get(name).cloned().unwrap_or_default();
+    let optional = |name: &str| fields.get(name).filter(|value| !value.is_empty()).cloned();
+
+    JobRecord {
+        job_id: job_id.to_string(),
+        name: text("name"),
+        state: text("state"),
+        manifest_json: text("manifest"),
+        priority: parse_field(fields, "priority"),
+        max_attempts: parse_field(fields, "max_attempts"),
+        tasks_total: parse_field(fields, "tasks_total"),
+        queued: parse_field(fields, "n_queued"),
+        leased: parse_field(fields, "n_leased"),
+        succeeded: parse_field(fields, "n_succeeded"),
+        failed: parse_field(fields, "n_failed"),
+        dead: parse_field(fields, "n_dead"),
+        duplicates: parse_field(fields, "duplicates"),
+        lease_expiries: parse_field(fields, "lease_expiries"),
+        retries: parse_field(fields, "retries"),
+        admitted_at_ms: parse_field(fields, "admitted_at_ms"),
+        finished_at_ms: optional("finished_at_ms").and_then(|value| value.parse().ok()),
+        artefact_uri: optional("artefact_uri"),
+        summary: optional("summary"),
+    }
+}
+
+fn parse_field<T: std::str::FromStr + Default>(fields: &HashMap<String, String>, name: &str) -> T {
+    fields
+        .get(name)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_default()
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the Unix epoch on this host; used only for index scores.
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Replaces the password in a Redis URL with `***` for logs and errors.
+pub fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

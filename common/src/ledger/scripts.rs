@@ -1,0 +1,23 @@
+//! The Lua scripts behind every ledger state change, each prefixed with shared helpers.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+fn load(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
+}
+
+pub static CREATE_JOB: LazyLock<Script> =
+    LazyLock::new(|| load(include_str!("lua/create_job.lua")));
+pub static ADD_TASKS: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/add_tasks.lua")));
+pub static OPEN_JOB: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/open_job.lua")));
+pub static LEASE: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/lease.lua")));
+pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/heartbeat.lua")));
+pub static COMPLETE: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/complete.lua")));
+pub static FAIL: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/fail.lua")));
+pub static REAP: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/reap.lua")));
+pub static FINISH_JOB: LazyLock<Script> =
+    LazyLock::new(|| load(include_str!("lua/finish_job.lua")));
