@@ -10,10 +10,13 @@
 //! - **run hash**: the digest that binds worker digest, data, model, kernel settings and GPU SKU;
 //! - **artefact**: the job's reduced output.
 
+pub mod artefact;
 pub mod digest;
 pub mod envelope;
+pub mod layout;
 pub mod ledger;
 pub mod manifest;
+pub mod model;
 pub mod store;
 pub mod task;
 pub mod worker_env;

@@ -1,3 +1,78 @@
-fn main() {
-    println!("Hello, world!");
+//! `spillway`: the daemon and its command line. This file only wires modules.
+
+mod admission;
+mod backend;
+mod cli;
+mod commands;
+mod config;
+mod intake;
+mod metrics;
+mod reconcile;
+mod reduce;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Validate { file } = &cli.command {
+        return commands::submit::validate(file);
+    }
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Serve => commands::serve::run(config).await,
+        Command::Submit { file, no_validate } => {
+            commands::submit::run(&config, &file, !no_validate).await
+        }
+        Command::Status { job, watch, json } => {
+            let ledger = connect(&config).await?;
+            commands::status::run(&ledger, job.as_deref(), watch, json).await
+        }
+        Command::Results { job, json } => {
+            let ledger = connect(&config).await?;
+            commands::results::run(&ledger, &job, json).await
+        }
+        Command::Validate { .. } => unreachable!("handled above"),
+    }
+}
+
+async fn connect(config: &Config) -> anyhow::Result<spillway_common::ledger::Ledger> {
+    let url = config.ledger_url()?;
+    Ok(spillway_common::ledger::Ledger::connect(&url, &config.ledger.prefix).await?)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("SPILLWAY_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -16,6 +16,13 @@ use crate::task::TaskSpec;
 /// for long on a job with many tasks.
 const ADMIT_CHUNK: usize = 500;
 
+/// Time allowed for one Redis reply. The client's default of 500 ms is too short for
+/// an admission chunk on a busy Redis.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time allowed to establish a connection.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Errors from ledger operations, each naming the operation and the ids involved.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -161,6 +168,23 @@ pub struct TaskRecord {
     pub result_uri: Option<String>,
 }
 
+/// Cap on the observation list, so a daemon that is down for a while loses old
+/// samples instead of letting the list grow without bound.
+const MAX_OBSERVATIONS: isize = 100_000;
+
+/// One finished attempt as seen by a worker, drained by the daemon into histograms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskObservation {
+    pub kernel: String,
+    pub backend: String,
+    /// `succeeded`, `duplicate`, `data_error` or `retryable`.
+    pub outcome: String,
+    /// Time from leasing to completion.
+    pub runtime_secs: f64,
+    /// Time the task spent queued before this lease.
+    pub wait_secs: f64,
+}
+
 /// Connection to the ledger; cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
@@ -176,7 +200,10 @@ impl Ledger {
             source,
         };
         let client = redis::Client::open(url).map_err(connect_error)?;
-        let conn = ConnectionManager::new(client)
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT));
+        let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(connect_error)?;
 
@@ -561,6 +588,48 @@ impl Ledger {
         conn.zcount(self.keys.workers(job_id), server_now_ms, "+inf")
             .await
             .map_err(|source| self.redis_error("count_workers", job_id, source))
+    }
+
+    /// Records an observation for the daemon's metrics; failures only lose a sample.
+    pub async fn push_observation(&self, observation: &TaskObservation) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(observation).expect("observation serializes");
+        let _: () = redis::pipe()
+            .lpush(self.keys.observations(), json)
+            .ltrim(self.keys.observations(), 0, MAX_OBSERVATIONS - 1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("push_observation", "*", source))?;
+        Ok(())
+    }
+
+    /// Removes and returns up to `limit` observations, oldest first.
+    pub async fn drain_observations(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<TaskObservation>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let count = std::num::NonZeroUsize::new(limit.max(1)).expect("limit is at least 1");
+        let raw: Option<Vec<String>> = conn
+            .rpop(self.keys.observations(), Some(count))
+            .await
+            .map_err(|source| self.redis_error("drain_observations", "*", source))?;
+        // An entry that does not parse came from an incompatible worker; skip it.
+        Ok(raw
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect())
+    }
+
+    /// Removes a worker's registration when it exits, so placement does not count it.
+    pub async fn deregister(&self, job_id: &str, worker_id: &str) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let _: u64 = conn
+            .zrem(self.keys.workers(job_id), worker_id)
+            .await
+            .map_err(|source| self.redis_error("deregister", job_id, source))?;
+        Ok(())
     }
 
     /// Takes the job's reduce lock for `ttl` unless another daemon holds it.

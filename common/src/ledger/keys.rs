@@ -55,6 +55,12 @@ impl Keys {
         format!("{}:jobs:active", self.prefix)
     }
 
+    /// List of task observations (kernel, backend, runtime) that workers push and the
+    /// daemon drains into its metrics.
+    pub fn observations(&self) -> String {
+        format!("{}:observations", self.prefix)
+    }
+
     /// Sorted set of finished jobs, scored by finish time.
     pub fn finished_jobs(&self) -> String {
         format!("{}:jobs:finished", self.prefix)

@@ -14,45 +14,67 @@ pub const MANIFEST_VERSION: u32 = 1;
 /// Default cap on attempts per task, counting the first one.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
+/// Largest manifest document that `parse` reads, in bytes (4 MiB).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
 /// One job as a scientist submits it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Manifest format version; must be 1.
+    #[schemars(range(min = 1, max = 1))]
     pub version: u32,
     /// Human-readable job name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
     pub name: String,
     /// The kernel that every task runs, with its settings.
     pub kernel: Kernel,
     /// The model that the kernel loads.
     pub model: ModelRef,
     /// Input shards, in record order. The artefact keeps this order.
+    /// 1 to 100000 shards, each URI listed once.
+    #[schemars(length(min = 1, max = 100_000), extend("uniqueItems" = true))]
     pub inputs: Vec<ShardRef>,
-    /// Records per micro-batch task (1 to 100000).
+    /// Records per micro-batch task (1 to 100000). A job slices into at most
+    /// 1000000 tasks.
+    #[schemars(range(min = 1, max = 100_000))]
     pub records_per_task: u32,
     /// Prefix under which results, envelopes and the artefact are written,
-    /// for example `file:///srv/spillway/out/`.
+    /// for example `file:///srv/spillway/out/`. Schemes: `file`, `s3`, `gs`.
+    #[schemars(regex(pattern = r"^(file|s3|gs)://"))]
     pub output: String,
     /// The worker build that must run this job.
     pub worker: WorkerRef,
-    /// GPUs per worker process; 0 runs on the CPU.
+    /// GPUs per worker process (0 to 16); 0 runs on the CPU.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 16))]
     pub gpus_per_worker: u32,
-    /// Time by which the job should finish, RFC 3339 (`2026-12-05T06:00:00Z`).
+    /// Time by which the job should finish, RFC 3339 with an offset
+    /// (`2026-12-05T06:00:00Z`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub deadline: Option<String>,
     /// Attempts per task before it is marked dead (1 to 20, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
     pub max_attempts: Option<u32>,
     /// Scheduling priority from -100 to 100; higher runs first. Default 0.
     #[serde(default)]
+    #[schemars(range(min = -100, max = 100))]
     pub priority: i32,
     /// Makes resubmission explicit: the job id derives from the name and this key
-    /// instead of the whole manifest.
+    /// instead of the whole manifest. 1 to 256 characters, no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub idempotency_key: Option<String>,
-    /// Free-form labels, copied into envelopes (at most 32, keys up to 63 characters).
+    /// Free-form labels, copied into envelopes (at most 32, keys up to 63 characters
+    /// of `a-z 0-9 _ . -`, values up to 256 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "propertyNames" = { "pattern": "^[a-z0-9_.-]{1,63}$" },
+        "additionalProperties" = { "type": "string", "maxLength": 256 }
+    ))]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -64,6 +86,7 @@ pub enum Kernel {
     Embed {
         /// Tokens per text after truncation (1 to 512, default 256 as in all-MiniLM-L6-v2).
         #[serde(default = "default_max_seq_len")]
+        #[schemars(range(min = 1, max = 512))]
         max_seq_len: u32,
     },
 }
@@ -90,7 +113,10 @@ impl Kernel {
 #[serde(deny_unknown_fields)]
 pub struct ModelRef {
     /// Directory URI ending in `/`, for example `file:///opt/models/all-MiniLM-L6-v2/`.
+    /// Schemes: `file`, `s3`, `gs`.
+    #[schemars(regex(pattern = r"^(file|s3|gs)://.*/$"))]
     pub uri: String,
+    /// SHA-256 of the `sha256sum` listing described above.
     pub sha256: Sha256Hex,
 }
 
@@ -98,9 +124,14 @@ pub struct ModelRef {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShardRef {
+    /// URI of the shard file, for example `file:///srv/data/part-00000.jsonl`.
+    /// Schemes: `file`, `s3`, `gs`.
+    #[schemars(regex(pattern = r"^(file|s3|gs)://.*[^/]$"))]
     pub uri: String,
+    /// SHA-256 of the shard file's bytes.
     pub sha256: Sha256Hex,
-    /// Number of records (lines) in the shard.
+    /// Number of records (lines) in the shard, at least 1.
+    #[schemars(range(min = 1))]
     pub records: u64,
 }
 
@@ -111,6 +142,7 @@ pub struct ShardRef {
 pub struct WorkerRef {
     /// Container image pinned by digest: `registry/repo@sha256:<64 hex>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^@\s]+@sha256:[0-9a-f]{64}$"))]
     pub image: Option<String>,
     /// SHA-256 of the `spillway-worker` binary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,6 +161,13 @@ impl WorkerRef {
 }
 
 impl Manifest {
+    /// Generates the JSON Schema of the manifest format, as committed in
+    /// `docs/manifest.schema.json`.
+    pub fn json_schema() -> schemars::Schema {
+        schemars::schema_for!(Manifest)
+    }
+
+    /// Returns `max_attempts`, or [`DEFAULT_MAX_ATTEMPTS`] when the manifest leaves it out.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)
     }

@@ -1,8 +1,21 @@
 //! Manifest validation that collects every error instead of stopping at the first.
+//!
+//! [`parse`] works in three steps. It reads the bytes into a JSON value, so a syntax
+//! error is the only error that stops it early. It then walks the value against the
+//! field tables and rules of each section and records every problem with its path, up
+//! to 1000 problems and a count of the rest. Only a document with no problem is
+//! deserialized into the typed [`Manifest`].
+
+mod json;
+mod rules;
+mod sections;
+mod walk;
 
 use std::fmt;
 
-use super::types::Manifest;
+use serde_json::Value;
+
+use super::types::{MAX_MANIFEST_BYTES, Manifest};
 
 /// One problem in a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -23,7 +36,11 @@ pub struct ManifestErrors(pub Vec<ManifestError>);
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() { "(document)" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "(document)"
+        } else {
+            &self.path
+        };
         write!(f, "{path}: {}", self.problem)?;
         if !self.value.is_empty() {
             write!(f, " (value: {})", self.value)?;
@@ -44,15 +61,67 @@ impl fmt::Display for ManifestErrors {
 
 impl std::error::Error for ManifestErrors {}
 
-/// Parses and validates a manifest.
+/// Parses and validates a manifest, returning every problem found when it is invalid.
+///
+/// Never panics, whatever the bytes. A deadline in the past is accepted because the
+/// submitter's clock may differ from the daemon's; the daemon decides what to do.
 pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestErrors> {
-    // TODO: replace with the collecting validator.
-    serde_json::from_slice(bytes).map_err(|error| {
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestErrors(vec![oversized(bytes.len())]));
+    }
+    let (mut document, duplicates) =
+        json::read_document(bytes).map_err(|error| ManifestErrors(vec![error]))?;
+
+    let mut report = walk::Report::default();
+    for duplicate in duplicates {
+        report.push(duplicate);
+    }
+    sections::check_manifest(&mut report, &document);
+    if !report.is_empty() {
+        return Err(ManifestErrors(report.into_errors()));
+    }
+
+    drop_optional_nulls(&mut document);
+    serde_json::from_value(document).map_err(|error| {
+        // The walk rejects everything that serde rejects, so this runs only when the
+        // field tables or rules miss a case. The property tests look for this message.
         ManifestErrors(vec![ManifestError {
             path: String::new(),
             value: String::new(),
-            problem: error.to_string(),
-            fix: "send a JSON manifest v1".into(),
+            problem: format!("invalid manifest: {error}"),
+            fix: "correct the field that the message names, and report the manifest to the Spillway maintainers".into(),
         }])
     })
+}
+
+fn oversized(length: usize) -> ManifestError {
+    ManifestError {
+        path: String::new(),
+        value: format!("{length} bytes"),
+        problem: format!(
+            "invalid manifest: the document is {length} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes (4 MiB)"
+        ),
+        fix: "merge small input shards into larger files so the manifest lists fewer of them, or split the job into several manifests".into(),
+    }
+}
+
+/// Removes `null` members from the manifest's struct objects, where the walk treats
+/// them as absent. serde already reads a `null` `Option` field as `None`, but a field
+/// with a plain `#[serde(default)]`, such as `priority`, rejects `null`. Label values
+/// stay untouched because the walk rejects a `null` label.
+fn drop_optional_nulls(document: &mut Value) {
+    let Some(top) = document.as_object_mut() else {
+        return;
+    };
+    top.retain(|_, value| !value.is_null());
+    for section in ["kernel", "model", "worker"] {
+        if let Some(object) = top.get_mut(section).and_then(Value::as_object_mut) {
+            object.retain(|_, value| !value.is_null());
+        }
+    }
+    if let Some(shards) = top.get_mut("inputs").and_then(Value::as_array_mut) {
+        for shard in shards.iter_mut().filter_map(Value::as_object_mut) {
+            shard.retain(|_, value| !value.is_null());
+        }
+    }
 }

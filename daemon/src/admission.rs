@@ -1,0 +1,222 @@
+//! Admission: validate a message's manifest, check that a backend can run it, slice
+//! it into tasks and record them in the ledger. Runs the intake loop of one source.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spillway_common::ledger::{Admission, Ledger, LedgerError};
+use spillway_common::manifest::{self, ManifestError, ManifestErrors};
+use spillway_common::task::{job_id, slice};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backend::Backend;
+use crate::intake::{Delivery, IntakeSource};
+use crate::metrics::{IntakeLabels, Metrics};
+
+/// What admission decided for one message.
+#[derive(Debug)]
+pub enum Decision {
+    /// The job is durable in the ledger; the message can be acknowledged.
+    Admitted {
+        job_id: String,
+        created: bool,
+        tasks: usize,
+    },
+    /// The message cannot become a job; it goes to the dead-letter destination.
+    Rejected {
+        reason: String,
+        errors: Vec<ManifestError>,
+    },
+}
+
+/// Everything admission needs; shared by every intake loop.
+pub struct Admitter {
+    pub ledger: Ledger,
+    pub backends: Vec<Arc<dyn Backend>>,
+}
+
+impl Admitter {
+    /// Decides one message. A ledger error is returned, and the message must stay
+    /// unacknowledged so that it is delivered again.
+    pub async fn admit(&self, body: &[u8]) -> Result<Decision, LedgerError> {
+        let manifest = match manifest::parse(body) {
+            Ok(manifest) => manifest,
+            Err(ManifestErrors(errors)) => {
+                let reason = ManifestErrors(errors.clone()).to_string();
+                return Ok(Decision::Rejected { reason, errors });
+            }
+        };
+
+        if let Err(problems) = self.placeable(&manifest) {
+            let error = ManifestError {
+                path: "worker".into(),
+                value: manifest.worker.digest(),
+                problem: "no enabled backend can run this worker build".into(),
+                fix: problems.join("; "),
+            };
+            let reason = ManifestErrors(vec![error.clone()]).to_string();
+            return Ok(Decision::Rejected {
+                reason,
+                errors: vec![error],
+            });
+        }
+
+        let job_id = job_id(&manifest);
+        let tasks = slice(&manifest);
+        let admission = self.ledger.admit(&job_id, &manifest, &tasks).await?;
+
+        Ok(Decision::Admitted {
+            created: admission == Admission::Created,
+            job_id,
+            tasks: tasks.len(),
+        })
+    }
+
+    fn placeable(&self, manifest: &manifest::Manifest) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        for backend in &self.backends {
+            match backend.check(manifest) {
+                Ok(()) => return Ok(()),
+                Err(problem) => problems.push(format!("{}: {problem}", backend.name())),
+            }
+        }
+        if problems.is_empty() {
+            problems.push("no backend is enabled in the configuration".into());
+        }
+        Err(problems)
+    }
+}
+
+/// Reads one source until `shutdown`, admitting every message.
+pub async fn run_intake<S: IntakeSource>(
+    mut source: S,
+    admitter: Arc<Admitter>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let queue = source.queue().to_string();
+    info!(queue, "intake started");
+    let mut backoff = Duration::from_millis(200);
+
+    while !shutdown.is_cancelled() {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => break,
+            received = source.receive() => received,
+        };
+        let deliveries = match received {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                warn!(queue, error = %error_chain(&error), "intake receive failed; retrying");
+                sleep_or_stop(&shutdown, backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+
+        for delivery in deliveries {
+            handle(&mut source, &admitter, &metrics, &queue, delivery).await;
+        }
+    }
+    info!(queue, "intake stopped");
+}
+
+async fn handle<S: IntakeSource>(
+    source: &mut S,
+    admitter: &Admitter,
+    metrics: &Metrics,
+    queue: &str,
+    delivery: Delivery,
+) {
+    let received = Instant::now();
+    let count = |outcome: &str| {
+        metrics
+            .intake_messages
+            .get_or_create(&IntakeLabels {
+                queue: queue.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    };
+
+    if delivery.delivery_count > source.max_deliveries() {
+        let reason = format!(
+            "message was delivered {} times without being acknowledged (max_deliveries is {}); \
+             it may crash the daemon, so it is set aside",
+            delivery.delivery_count,
+            source.max_deliveries()
+        );
+        dead_letter(source, &delivery, queue, &reason, &[]).await;
+        count("dead_lettered");
+        return;
+    }
+
+    match admitter.admit(&delivery.body).await {
+        Ok(Decision::Admitted {
+            job_id,
+            created,
+            tasks,
+        }) => {
+            if let Err(error) = source.ack(&delivery).await {
+                // The job is durable; the redelivered message will find it.
+                warn!(queue, message_id = %delivery.message_id, job_id, error = %error_chain(&error), "failed to acknowledge message");
+            }
+            metrics
+                .admission_seconds
+                .observe(received.elapsed().as_secs_f64());
+            if created {
+                info!(queue, message_id = %delivery.message_id, job_id, tasks, "job admitted");
+                count("admitted");
+            } else {
+                info!(queue, message_id = %delivery.message_id, job_id, "redelivered message matches an existing job");
+                count("redelivered");
+            }
+        }
+        Ok(Decision::Rejected { reason, errors }) => {
+            warn!(queue, message_id = %delivery.message_id, reason = %reason.trim_end(), "manifest rejected");
+            dead_letter(source, &delivery, queue, &reason, &errors).await;
+            count("dead_lettered");
+        }
+        Err(error) => {
+            // Left unacknowledged: the stream delivers it again after claim_idle_secs.
+            error!(queue, message_id = %delivery.message_id, error = %error_chain(&error), "admission failed; the message will be retried");
+            count("error");
+        }
+    }
+}
+
+async fn dead_letter<S: IntakeSource>(
+    source: &mut S,
+    delivery: &Delivery,
+    queue: &str,
+    reason: &str,
+    errors: &[ManifestError],
+) {
+    let errors_json = serde_json::to_string(errors).expect("errors serialize");
+    match source.dead_letter(delivery, reason, &errors_json).await {
+        Ok(()) => debug!(queue, message_id = %delivery.message_id, "message dead-lettered"),
+        Err(error) => {
+            error!(queue, message_id = %delivery.message_id, error = %error_chain(&error), "failed to dead-letter message; it stays pending")
+        }
+    }
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, duration: Duration) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(duration) => {}
+    }
+}
+
+/// Formats an error with its chain of causes.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,202 @@
+//! Backend `local`: worker processes on this machine, numbered like array elements.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::process::Stdio;
+
+use spillway_common::digest::Sha256Hex;
+use spillway_common::manifest::Manifest;
+use spillway_common::worker_env as env;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::{Backend, BackendError, LaunchRequest};
+use crate::config::LocalBackendConfig;
+
+pub struct LocalBackend {
+    config: LocalBackendConfig,
+    ledger_url: String,
+    ledger_prefix: String,
+    lease_secs: u64,
+    /// SHA-256 of the configured worker binary, checked against manifests at admission.
+    worker_digest: Sha256Hex,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    children: HashMap<String, Vec<Child>>,
+    /// Next array index per job, so indexes stay unique when workers are added.
+    next_index: HashMap<String, u32>,
+    launches: u64,
+}
+
+impl LocalBackend {
+    /// Creates the backend; fails when the worker binary cannot be read.
+    pub fn new(
+        config: LocalBackendConfig,
+        ledger_url: String,
+        ledger_prefix: String,
+        lease_secs: u64,
+    ) -> anyhow::Result<Self> {
+        let binary = &config.worker_binary;
+        let bytes = std::fs::read(binary).map_err(|error| {
+            anyhow::anyhow!(
+                "failed to read backend.local.worker_binary {}: {error}; point it at the spillway-worker binary",
+                binary.display()
+            )
+        })?;
+        Ok(Self {
+            worker_digest: Sha256Hex::of(&bytes),
+            config,
+            ledger_url,
+            ledger_prefix,
+            lease_secs,
+            state: Mutex::default(),
+        })
+    }
+
+    pub fn worker_digest(&self) -> &Sha256Hex {
+        &self.worker_digest
+    }
+
+    fn command(&self, job_id: &str, launch_id: &str, index: u32) -> std::io::Result<Command> {
+        let mut command = Command::new(&self.config.worker_binary);
+        command
+            .arg("run")
+            .env(env::JOB_ID, job_id)
+            .env(env::BACKEND, "local")
+            .env(env::ARRAY_ID, launch_id)
+            .env(env::ARRAY_INDEX, index.to_string())
+            .env(env::LEDGER_URL, &self.ledger_url)
+            .env(env::LEDGER_PREFIX, &self.ledger_prefix)
+            .env(env::CACHE_DIR, &self.config.cache_dir)
+            .env(env::LEASE_SECS, self.lease_secs.to_string())
+            .env(env::GPU_SKU, &self.config.gpu_sku)
+            .stdin(Stdio::null());
+        if self.config.threads_per_worker > 0 {
+            command.env(env::THREADS, self.config.threads_per_worker.to_string());
+        }
+
+        std::fs::create_dir_all(&self.config.log_dir)?;
+        let log_path = self
+            .config
+            .log_dir
+            .join(format!("{job_id}-{launch_id}-{index}.log"));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)?;
+        command.stdout(log.try_clone()?).stderr(log);
+        Ok(command)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn check(&self, manifest: &Manifest) -> Result<(), String> {
+        match (&manifest.worker.binary_sha256, &manifest.worker.image) {
+            (Some(pinned), _) if pinned == &self.worker_digest => Ok(()),
+            (Some(pinned), _) => Err(format!(
+                "worker.binary_sha256 is {pinned}, but this site's worker binary {} is {}; \
+                 pin the installed build (`spillway-worker digest` prints it)",
+                self.config.worker_binary.display(),
+                self.worker_digest
+            )),
+            (None, Some(image)) => Err(format!(
+                "worker.image {image} needs a container backend, and only the local backend is enabled; \
+                 pin worker.binary_sha256 instead"
+            )),
+            (None, None) => Err("worker names neither image nor binary_sha256".into()),
+        }
+    }
+
+    fn gpu_sku(&self) -> &str {
+        &self.config.gpu_sku
+    }
+
+    async fn free_slots(&self) -> u32 {
+        self.config
+            .max_workers
+            .saturating_sub(self.running_total().await)
+    }
+
+    async fn launch(&self, request: LaunchRequest<'_>) -> Result<u32, BackendError> {
+        let mut state = self.state.lock().await;
+        state.launches += 1;
+        let launch_id = format!("{}-{}", std::process::id(), state.launches);
+        let first_index = *state.next_index.get(request.job_id).unwrap_or(&0);
+        let mut started = 0;
+
+        for index in first_index..first_index + request.count {
+            let spawned = self
+                .command(request.job_id, &launch_id, index)
+                .and_then(|mut command| command.spawn());
+            match spawned {
+                Ok(child) => {
+                    state
+                        .children
+                        .entry(request.job_id.to_string())
+                        .or_default()
+                        .push(child);
+                    started += 1;
+                }
+                Err(source) => {
+                    return Err(BackendError {
+                        backend: "local",
+                        operation: "start a worker",
+                        job_id: request.job_id.to_string(),
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        state
+            .next_index
+            .insert(request.job_id.to_string(), first_index + request.count);
+        info!(job_id = request.job_id, backend = "local", array_id = %launch_id, kernel = request.manifest.kernel.name(), workers = started, "workers started");
+        Ok(started)
+    }
+
+    async fn running(&self, job_id: &str) -> u32 {
+        let mut state = self.state.lock().await;
+        let Some(children) = state.children.get_mut(job_id) else {
+            return 0;
+        };
+        children.retain_mut(|child| still_running(job_id, child));
+        children.len() as u32
+    }
+
+    async fn running_total(&self) -> u32 {
+        let mut state = self.state.lock().await;
+        let mut total = 0;
+        for (job_id, children) in state.children.iter_mut() {
+            children.retain_mut(|child| still_running(job_id, child));
+            total += children.len() as u32;
+        }
+        state.children.retain(|_, children| !children.is_empty());
+        total
+    }
+}
+
+/// Reaps an exited worker and logs a failed exit.
+fn still_running(job_id: &str, child: &mut Child) -> bool {
+    match child.try_wait() {
+        Ok(None) => true,
+        Ok(Some(status)) => {
+            if !status.success() {
+                warn!(job_id, backend = "local", pid = ?child.id(), status = %status, "worker exited with an error");
+            }
+            false
+        }
+        Err(error) => {
+            warn!(job_id, backend = "local", error = %error, "failed to check a worker process");
+            false
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Backends start workers for a job and report how many are running. They differ
+//! only in how they start N workers and observe them: every worker gets the same
+//! environment contract and finds its work in the ledger.
+
+pub mod local;
+
+use spillway_common::manifest::Manifest;
+
+/// Errors from a backend, naming the job.
+#[derive(Debug, thiserror::Error)]
+#[error("backend {backend} failed to {operation} for job {job_id}")]
+pub struct BackendError {
+    pub backend: &'static str,
+    pub operation: &'static str,
+    pub job_id: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// What a backend needs to start workers for one job.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest<'a> {
+    pub job_id: &'a str,
+    pub manifest: &'a Manifest,
+    /// Workers to start.
+    pub count: u32,
+}
+
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// `local`, `slurm` or `batch`, as in metrics and worker ids.
+    fn name(&self) -> &'static str;
+
+    /// Returns why this backend cannot run the manifest's worker build, if it cannot.
+    fn check(&self, manifest: &Manifest) -> Result<(), String>;
+
+    /// GPU model name reported for its workers, or `cpu`.
+    fn gpu_sku(&self) -> &str;
+
+    /// Workers this backend may start now over all jobs.
+    async fn free_slots(&self) -> u32;
+
+    /// Starts `count` workers for a job and returns how many started.
+    async fn launch(&self, request: LaunchRequest<'_>) -> Result<u32, BackendError>;
+
+    /// Workers of a job that this backend started and that have not exited, including
+    /// ones still starting up.
+    async fn running(&self, job_id: &str) -> u32;
+
+    /// Workers of all jobs that are running.
+    async fn running_total(&self) -> u32;
+}

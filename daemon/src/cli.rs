@@ -1,0 +1,54 @@
+//! The `spillway` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Spillway: burst GPU micro-batch jobs from a queue onto Slurm, AWS Batch or this machine"
+)]
+pub struct Cli {
+    /// Configuration file (TOML); SPILLWAY__SECTION__KEY variables override its values.
+    #[arg(long, global = true, env = "SPILLWAY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon: admit manifests, place workers, reduce finished jobs.
+    Serve,
+    /// Validate a manifest and send it to the intake stream; prints the job id.
+    Submit {
+        /// Manifest file (JSON).
+        file: PathBuf,
+        /// Send the file even if it is invalid (it will be dead-lettered).
+        #[arg(long)]
+        no_validate: bool,
+    },
+    /// Show a job's progress, or list active and recent jobs without JOB.
+    Status {
+        job: Option<String>,
+        /// Follow the job with a progress bar until it finishes.
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a finished job's artefact, run hash and failed tasks.
+    Results {
+        job: String,
+        /// Print the job envelope as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a manifest file without sending it.
+    Validate { file: PathBuf },
+}

@@ -1,0 +1,6 @@
+//! One module per CLI command.
+
+pub mod results;
+pub mod serve;
+pub mod status;
+pub mod submit;

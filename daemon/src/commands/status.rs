@@ -1,0 +1,117 @@
+//! `spillway status [JOB]`: a job's progress, or a list of active and recent jobs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use spillway_common::ledger::{JobRecord, Ledger};
+
+/// Prints one job's state; with `watch`, shows a progress bar until it finishes.
+pub async fn run(
+    ledger: &Ledger,
+    job_id: Option<&str>,
+    watch: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let Some(job_id) = job_id else {
+        return list(ledger, json).await;
+    };
+    let job = read(ledger, job_id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&without_manifest(job))?);
+        return Ok(());
+    }
+    if !watch || job.is_finished() {
+        print_job(&job);
+        return Ok(());
+    }
+    watch_job(ledger, job).await
+}
+
+async fn read(ledger: &Ledger, job_id: &str) -> anyhow::Result<JobRecord> {
+    ledger.job(job_id).await?.with_context(|| {
+        format!("job {job_id} not found in the ledger; check the id that `spillway submit` printed")
+    })
+}
+
+async fn watch_job(ledger: &Ledger, mut job: JobRecord) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(job.tasks_total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} tasks {msg}",
+        )
+        .expect("progress template is valid")
+        .progress_chars("=> "),
+    );
+    loop {
+        bar.set_position(job.succeeded + job.failed + job.dead);
+        bar.set_message(format!(
+            "{} | leased {} queued {} failed {} dead {}",
+            job.state, job.leased, job.queued, job.failed, job.dead
+        ));
+        if job.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        job = read(ledger, &job.job_id).await?;
+    }
+    bar.finish();
+    print_job(&job);
+    Ok(())
+}
+
+fn print_job(job: &JobRecord) {
+    println!("job        {}", job.job_id);
+    println!("name       {}", job.name);
+    println!("state      {}", job.state);
+    println!(
+        "tasks      {} total: {} succeeded, {} leased, {} queued, {} failed, {} dead",
+        job.tasks_total, job.succeeded, job.leased, job.queued, job.failed, job.dead
+    );
+    println!(
+        "attempts   {} retries, {} lease expiries, {} duplicates suppressed",
+        job.retries, job.lease_expiries, job.duplicates
+    );
+    if let Some(uri) = &job.artefact_uri {
+        println!("artefact   {uri}");
+    }
+}
+
+async fn list(ledger: &Ledger, json: bool) -> anyhow::Result<()> {
+    let mut jobs = Vec::new();
+    for job_id in ledger
+        .active_jobs()
+        .await?
+        .into_iter()
+        .chain(ledger.finished_jobs(20).await?)
+    {
+        if let Some(job) = ledger.job(&job_id).await? {
+            jobs.push(without_manifest(job));
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<10} {:>7} {:>9} {:>7}  name",
+        "job", "state", "tasks", "succeeded", "failed"
+    );
+    for job in jobs {
+        println!(
+            "{:<24} {:<10} {:>7} {:>9} {:>7}  {}",
+            job.job_id,
+            job.state,
+            job.tasks_total,
+            job.succeeded,
+            job.failed + job.dead,
+            job.name
+        );
+    }
+    Ok(())
+}
+
+fn without_manifest(mut job: JobRecord) -> JobRecord {
+    job.manifest_json.clear();
+    job
+}

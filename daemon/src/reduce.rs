@@ -1,0 +1,234 @@
+//! Reduction: once every task of a job is terminal, join the task results into the
+//! artefact in record order and write the job envelope.
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use spillway_common::artefact::EmbeddingBlock;
+use spillway_common::digest::Sha256Hex;
+use spillway_common::envelope::{DataRef, FailedTask, JobEnvelope, RunIdentity};
+use spillway_common::layout;
+use spillway_common::ledger::{JobRecord, Ledger, TaskRecord};
+use spillway_common::manifest::Manifest;
+use spillway_common::store::{self, PutOutcome};
+use tracing::{info, warn};
+
+/// Result files read at once.
+const READ_CONCURRENCY: usize = 16;
+
+/// The outcome of reducing one job.
+#[derive(Debug)]
+pub struct Reduced {
+    pub state: &'static str,
+    pub artefact_uri: Option<String>,
+    pub envelope: JobEnvelope,
+}
+
+/// Errors that stop a reduction; the job stays `reducing` and is tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReduceError {
+    #[error(transparent)]
+    Ledger(#[from] spillway_common::ledger::LedgerError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("result of task {task_id} at {uri} is invalid")]
+    Block {
+        task_id: String,
+        uri: String,
+        #[source]
+        source: spillway_common::artefact::BlockError,
+    },
+}
+
+/// Reduces a job whose tasks are all terminal and records its final state.
+pub async fn reduce(
+    ledger: &Ledger,
+    job: &JobRecord,
+    gpu_sku: &str,
+) -> Result<Reduced, ReduceError> {
+    let manifest = job.manifest()?;
+    let tasks = ledger.tasks(&job.job_id, job.tasks_total).await?;
+    let failed: Vec<FailedTask> = tasks
+        .iter()
+        .filter(|task| task.state != "succeeded")
+        .map(|task| FailedTask {
+            task_id: task.spec.task_id.clone(),
+            state: task.state.clone(),
+            reason: task
+                .reason
+                .clone()
+                .unwrap_or_else(|| "no reason recorded".into()),
+        })
+        .collect();
+
+    let (state, artefact) = if failed.is_empty() {
+        let (uri, sha256) = write_artefact(job, &manifest, &tasks).await?;
+        ("succeeded", Some((uri, sha256)))
+    } else {
+        warn!(job_id = %job.job_id, failed_tasks = failed.len(), "job failed; no artefact is written");
+        ("failed", None)
+    };
+
+    let identity = job_identity(&manifest, gpu_sku);
+    let envelope = JobEnvelope {
+        job_id: job.job_id.clone(),
+        name: job.name.clone(),
+        state: state.to_string(),
+        run_hash: identity.run_hash(),
+        identity,
+        artefact_uri: artefact.as_ref().map(|(uri, _)| uri.clone()),
+        artefact_sha256: artefact.as_ref().map(|(_, sha256)| sha256.clone()),
+        records: manifest.total_records(),
+        tasks_total: job.tasks_total,
+        tasks_succeeded: job.succeeded,
+        failed_tasks: failed,
+        duplicates_suppressed: job.duplicates,
+        admitted_at: rfc3339_from_ms(job.admitted_at_ms),
+        finished_at: rfc3339_from_ms(spillway_common::ledger::now_ms()),
+        labels: manifest.labels.clone(),
+    };
+
+    let envelope_uri = layout::job_envelope_uri(&manifest.output, &job.job_id);
+    let json = serde_json::to_vec_pretty(&envelope).expect("job envelope serializes");
+    if store::put_create(&envelope_uri, Bytes::from(json)).await? == PutOutcome::AlreadyExisted {
+        info!(job_id = %job.job_id, uri = envelope_uri, "job envelope exists from an earlier reduction; kept");
+    }
+
+    let summary = serde_json::json!({
+        "records": envelope.records,
+        "run_hash": envelope.run_hash,
+        "artefact_sha256": envelope.artefact_sha256,
+        "envelope_uri": envelope_uri,
+        "failed_tasks": envelope.failed_tasks.len(),
+    });
+    let artefact_uri = envelope.artefact_uri.clone();
+    ledger
+        .finish_job(
+            &job.job_id,
+            state,
+            artefact_uri.as_deref(),
+            &summary.to_string(),
+        )
+        .await?;
+
+    Ok(Reduced {
+        state,
+        artefact_uri,
+        envelope,
+    })
+}
+
+async fn write_artefact(
+    job: &JobRecord,
+    manifest: &Manifest,
+    tasks: &[TaskRecord],
+) -> Result<(String, Sha256Hex), ReduceError> {
+    // Each read owns its inputs, so the buffered stream holds no borrows across awaits.
+    let reads = tasks.iter().cloned().map(|task| {
+        let job_id = job.job_id.clone();
+        let output = manifest.output.clone();
+        async move { read_block(&job_id, &output, &task).await }
+    });
+    let blocks: Vec<EmbeddingBlock> = futures::stream::iter(reads)
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+
+    let mut artefact = EmbeddingBlock {
+        ids: Vec::new(),
+        dimension: 0,
+        values: Vec::new(),
+    };
+    for (task, block) in tasks.iter().zip(blocks) {
+        artefact
+            .extend(block)
+            .map_err(|source| ReduceError::Block {
+                task_id: task.spec.task_id.clone(),
+                uri: task.result_uri.clone().unwrap_or_default(),
+                source,
+            })?;
+    }
+
+    let identity = job_identity(manifest, "");
+    let metadata = [
+        ("job_id", job.job_id.clone()),
+        ("model_sha256", manifest.model.sha256.to_string()),
+        ("worker_digest", identity.worker_digest.clone()),
+    ];
+    let bytes = artefact
+        .encode(&metadata)
+        .map_err(|source| ReduceError::Block {
+            task_id: "(artefact)".into(),
+            uri: String::new(),
+            source,
+        })?;
+
+    let uri = layout::artefact_uri(&manifest.output, &job.job_id);
+    let stored = match store::put_create(&uri, Bytes::from(bytes.clone())).await? {
+        PutOutcome::Created => Bytes::from(bytes),
+        // An earlier reduction wrote it and stopped before recording the job's state.
+        PutOutcome::AlreadyExisted => store::get(&uri).await?,
+    };
+    info!(job_id = %job.job_id, uri, rows = artefact.rows(), "artefact written");
+    Ok((uri, Sha256Hex::of(&stored)))
+}
+
+async fn read_block(
+    job_id: &str,
+    output: &str,
+    task: &TaskRecord,
+) -> Result<EmbeddingBlock, ReduceError> {
+    let uri = task
+        .result_uri
+        .clone()
+        .unwrap_or_else(|| layout::result_uri(output, job_id, &task.spec.task_id));
+    let bytes = store::get(&uri).await?;
+    let block = EmbeddingBlock::decode(&bytes).map_err(|source| ReduceError::Block {
+        task_id: task.spec.task_id.clone(),
+        uri: uri.clone(),
+        source,
+    })?;
+    if block.rows() as u64 != task.spec.records {
+        return Err(ReduceError::Block {
+            task_id: task.spec.task_id.clone(),
+            uri,
+            source: spillway_common::artefact::BlockError::Shape(format!(
+                "{} rows, expected {}",
+                block.rows(),
+                task.spec.records
+            )),
+        });
+    }
+    Ok(block)
+}
+
+/// The run identity of a whole job: every input shard, in order.
+pub fn job_identity(manifest: &Manifest, gpu_sku: &str) -> RunIdentity {
+    let data = manifest
+        .inputs
+        .iter()
+        .map(|shard| DataRef {
+            uri: shard.uri.clone(),
+            sha256: shard.sha256.clone(),
+        })
+        .collect();
+    RunIdentity {
+        worker_digest: manifest.worker.digest(),
+        kernel: manifest.kernel.name().to_string(),
+        kernel_settings: serde_json::to_value(&manifest.kernel).expect("kernel serializes"),
+        model_sha256: manifest.model.sha256.clone(),
+        data,
+        gpu_sku: gpu_sku.to_string(),
+    }
+}
+
+fn rfc3339_from_ms(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|moment| {
+            moment
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

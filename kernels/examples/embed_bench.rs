@@ -1,0 +1,117 @@
+//! Measures the Rust embed kernel: time to the first embedding and throughput
+//! over a JSONL file of `{"text": ...}` lines. Prints one JSON object on stdout.
+//!
+//! `bench/embed_throughput.py` runs this program next to sentence-transformers
+//! with the same texts, batch size and thread count.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+use spillway_worker::embed::{self, EmbedModel};
+use tch::Device;
+
+#[derive(Parser)]
+struct Args {
+    /// Directory with config.json, model.safetensors and tokenizer.json.
+    #[arg(long)]
+    model_dir: PathBuf,
+    /// JSONL file with one {"text": ...} object per line.
+    #[arg(long)]
+    input: PathBuf,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// libtorch intra-op threads.
+    #[arg(long)]
+    threads: i32,
+    /// Maximum tokens per text, special tokens included.
+    #[arg(long, default_value_t = embed::DEFAULT_MAX_SEQ_LEN)]
+    max_seq_len: usize,
+    /// Timed passes over the whole input after the warm-up.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Exit after the first embedding, for cold-start runs.
+    #[arg(long)]
+    first_only: bool,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    text: String,
+}
+
+fn unix_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("system clock before 1970")
+        .as_secs_f64()
+}
+
+fn read_texts(path: &PathBuf) -> anyhow::Result<Vec<String>> {
+    let file = File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    let mut texts = Vec::new();
+    for (number, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("failed to read {}", path.display()))?;
+        let parsed: Line = serde_json::from_str(&line)
+            .with_context(|| format!("invalid JSON on line {} of {}", number + 1, path.display()))?;
+        texts.push(parsed.text);
+    }
+    anyhow::ensure!(!texts.is_empty(), "{} contains no texts", path.display());
+    Ok(texts)
+}
+
+fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let args = Args::parse();
+    let batch_size = NonZeroUsize::new(args.batch_size).context("--batch-size must be at least 1")?;
+    embed::set_threads(args.threads)?;
+
+    let texts = read_texts(&args.input)?;
+    let model = EmbedModel::load(&args.model_dir, Device::Cpu, args.max_seq_len)?.with_batch_size(batch_size);
+    let load_secs = started.elapsed().as_secs_f64();
+
+    model.embed(&[texts[0].as_str()])?;
+    let first_embedding_unix_secs = unix_secs();
+    let first_embedding_secs = started.elapsed().as_secs_f64();
+
+    let mut report = serde_json::json!({
+        "implementation": "spillway-rust",
+        "threads": tch::get_num_threads(),
+        "batch_size": batch_size.get(),
+        "max_seq_len": model.max_seq_len(),
+        "load_secs": load_secs,
+        "first_embedding_secs": first_embedding_secs,
+        "first_embedding_unix_secs": first_embedding_unix_secs,
+    });
+    if args.first_only {
+        println!("{report}");
+        return Ok(());
+    }
+
+    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let token_count: usize = model.count_tokens(&text_refs)?.iter().sum();
+
+    // Warm-up over two batches, so that allocator and kernel caches are filled.
+    let warm_up_len = text_refs.len().min(2 * batch_size.get());
+    model.embed(&text_refs[..warm_up_len])?;
+
+    let mut run_secs = Vec::with_capacity(args.repeats);
+    for _ in 0..args.repeats {
+        let run_started = Instant::now();
+        let embeddings = model.embed(&text_refs)?;
+        run_secs.push(run_started.elapsed().as_secs_f64());
+        anyhow::ensure!(embeddings.size()[0] as usize == text_refs.len(), "row count mismatch");
+    }
+
+    report["texts"] = text_refs.len().into();
+    report["tokens"] = token_count.into();
+    report["run_secs"] = run_secs.into();
+    println!("{report}");
+    Ok(())
+}

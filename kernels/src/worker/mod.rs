@@ -1,0 +1,193 @@
+//! The worker loop: load the job's model once, then lease, run and complete tasks
+//! until none is left, and exit so that the fleet dissolves.
+//!
+//! Every backend starts the worker with the same environment (see
+//! [`spillway_common::worker_env`]); nothing else tells it what to do.
+
+mod config;
+mod heartbeat;
+mod model;
+mod task;
+
+pub use config::WorkerConfig;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use spillway_common::envelope::RunIdentity;
+use spillway_common::ledger::{FailureKind, Ledger};
+use spillway_common::manifest::{Kernel, Manifest};
+use tracing::{error, info, warn};
+
+use crate::embed::EmbedModel;
+use heartbeat::Heartbeats;
+use task::{TaskContext, TaskError};
+
+/// Exit code when the worker binary does not match the digest the job is pinned to.
+pub const EXIT_VERSION_DRIFT: i32 = 3;
+
+/// Runs the worker until the job has no queued task. Returns the process exit code.
+pub async fn run(config: WorkerConfig) -> anyhow::Result<i32> {
+    let ledger = Ledger::connect(&config.ledger_url, &config.ledger_prefix).await?;
+    let Some(job) = ledger.job(&config.job_id).await? else {
+        anyhow::bail!("job {} not found in the ledger", config.job_id);
+    };
+    if job.is_finished() {
+        info!(job_id = %config.job_id, state = %job.state, "job already finished; exiting");
+        return Ok(0);
+    }
+    let manifest = job.manifest()?;
+
+    if let Err(drift) = check_worker_digest(&manifest) {
+        error!(job_id = %config.job_id, error = %drift, "worker binary does not match the job");
+        return Ok(EXIT_VERSION_DRIFT);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(stop.clone());
+    let heartbeats = Heartbeats::start(&config)?;
+
+    let outcome = match model::fetch(&manifest, &config).await {
+        Ok(model_dir) => {
+            let Kernel::Embed { max_seq_len } = manifest.kernel;
+            let device = tch::Device::cuda_if_available();
+            let embed = EmbedModel::load(&model_dir, device, max_seq_len as usize)
+                .with_context(|| format!("failed to load the model from {}", model_dir.display()))?;
+            run_tasks(&config, &ledger, &manifest, Some(&embed), &heartbeats, &stop).await
+        }
+        Err(error) if error.is_data_error() => {
+            // A model that does not match its digest makes every task of the job fail,
+            // so fail them with that reason instead of leaving the job to stall.
+            error!(job_id = %config.job_id, error = %error, "model verification failed");
+            run_tasks(&config, &ledger, &manifest, None, &heartbeats, &stop).await
+        }
+        Err(error) => Err(error.into()),
+    };
+
+    heartbeats.stop();
+    if let Err(error) = ledger.deregister(&config.job_id, &config.worker_id).await {
+        warn!(job_id = %config.job_id, error = %error, "failed to deregister; the registration expires by itself");
+    }
+    outcome.map(|()| 0)
+}
+
+async fn run_tasks(
+    config: &WorkerConfig,
+    ledger: &Ledger,
+    manifest: &Manifest,
+    embed: Option<&EmbedModel>,
+    heartbeats: &Heartbeats,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut context = TaskContext::new(config, ledger, manifest, embed);
+    let mut tasks_run = 0u64;
+
+    while !stop.load(Ordering::Relaxed) {
+        let Some(lease) = ledger.lease(&config.job_id, &config.worker_id, config.lease).await? else {
+            break;
+        };
+        heartbeats.hold(&lease.task_id, lease.attempt);
+
+        let result = context.run(&lease).await;
+        heartbeats.release();
+        tasks_run += 1;
+
+        if let Err(error) = result {
+            report_failure(config, ledger, &lease.task_id, lease.attempt, &error).await?;
+        }
+    }
+
+    info!(
+        job_id = %config.job_id,
+        worker_id = %config.worker_id,
+        tasks_run,
+        stopped = stop.load(Ordering::Relaxed),
+        "no task left for this worker; exiting"
+    );
+    Ok(())
+}
+
+async fn report_failure(
+    config: &WorkerConfig,
+    ledger: &Ledger,
+    task_id: &str,
+    attempt: u32,
+    error: &TaskError,
+) -> anyhow::Result<()> {
+    let kind = if error.is_data_error() {
+        FailureKind::Data
+    } else {
+        FailureKind::Retryable
+    };
+    let reason = error.to_string();
+    let state = ledger
+        .fail(&config.job_id, task_id, &config.worker_id, attempt, kind, &reason)
+        .await?;
+    warn!(
+        job_id = %config.job_id,
+        task_id,
+        attempt,
+        error = %reason,
+        task_state = %state,
+        "task attempt failed"
+    );
+    Ok(())
+}
+
+/// Checks that this binary is the one the job is pinned to, when it is pinned by
+/// binary digest. Image-pinned jobs are checked by the container runtime.
+fn check_worker_digest(manifest: &Manifest) -> anyhow::Result<()> {
+    let Some(expected) = &manifest.worker.binary_sha256 else {
+        return Ok(());
+    };
+    let actual = own_digest()?;
+    anyhow::ensure!(
+        &actual == expected,
+        "the job requires worker binary sha256:{expected}, but this binary is sha256:{actual}; \
+         install the pinned build or resubmit the manifest with the new digest"
+    );
+    Ok(())
+}
+
+/// Computes the SHA-256 of the running executable.
+pub fn own_digest() -> anyhow::Result<spillway_common::digest::Sha256Hex> {
+    let path = std::env::current_exe().context("failed to locate the worker executable")?;
+    let bytes = std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
+    Ok(spillway_common::digest::Sha256Hex::of(&bytes))
+}
+
+/// The run identity of a task or a job over `data`.
+pub fn run_identity(
+    manifest: &Manifest,
+    gpu_sku: &str,
+    data: Vec<spillway_common::envelope::DataRef>,
+) -> RunIdentity {
+    let settings = serde_json::to_value(&manifest.kernel).expect("kernel serializes");
+    RunIdentity {
+        worker_digest: manifest.worker.digest(),
+        kernel: manifest.kernel.name().to_string(),
+        kernel_settings: settings,
+        model_sha256: manifest.model.sha256.clone(),
+        data,
+        gpu_sku: gpu_sku.to_string(),
+    }
+}
+
+/// Sets `stop` on SIGTERM or SIGINT: the worker finishes its current task and exits.
+fn watch_signals(stop: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            warn!("failed to install signal handlers; SIGTERM will end the worker at once");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        info!("stop requested; finishing the current task");
+        stop.store(true, Ordering::Relaxed);
+    });
+}

@@ -1,0 +1,328 @@
+//! One task attempt: fetch and verify the shard, run the kernel, write the result
+//! create-only, write the envelope, complete the task.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use spillway_common::artefact::EmbeddingBlock;
+use spillway_common::digest::Sha256Hex;
+use spillway_common::envelope::{DataRef, ExitStatus, TaskEnvelope};
+use spillway_common::layout;
+use spillway_common::ledger::{Completion, Lease, Ledger, TaskObservation};
+use spillway_common::manifest::Manifest;
+use spillway_common::store::{self, PutOutcome, StoreError};
+use tracing::{debug, warn};
+
+use super::{WorkerConfig, run_identity};
+use crate::embed::EmbedModel;
+
+/// Texts per forward pass inside a task.
+const FORWARD_BATCH: usize = 32;
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid record at line {line} of {uri}: {reason}")]
+    Record { uri: String, line: u64, reason: String },
+    #[error("shard {uri} has {found} records, but the task needs records {first}..{end}")]
+    ShortShard { uri: String, found: u64, first: u64, end: u64 },
+    #[error("model verification failed, so no task of this job can run; check model.uri and model.sha256")]
+    ModelUnavailable,
+    #[error("kernel failed: {0}")]
+    Kernel(String),
+    #[error("ledger failed")]
+    Ledger(#[from] spillway_common::ledger::LedgerError),
+}
+
+impl TaskError {
+    /// Returns whether the input is at fault, so a retry cannot help.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            TaskError::Store(error) => error.is_data_error(),
+            TaskError::Record { .. } | TaskError::ShortShard { .. } | TaskError::ModelUnavailable => true,
+            TaskError::Kernel(_) | TaskError::Ledger(_) => false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Record {
+    id: String,
+    text: String,
+}
+
+/// State kept across the tasks of one worker.
+pub struct TaskContext<'a> {
+    config: &'a WorkerConfig,
+    ledger: &'a Ledger,
+    manifest: &'a Manifest,
+    embed: Option<&'a EmbedModel>,
+    /// The last shard read, because consecutive tasks usually share a shard.
+    shard_cache: Option<(Sha256Hex, Bytes)>,
+}
+
+impl<'a> TaskContext<'a> {
+    pub fn new(
+        config: &'a WorkerConfig,
+        ledger: &'a Ledger,
+        manifest: &'a Manifest,
+        embed: Option<&'a EmbedModel>,
+    ) -> Self {
+        Self {
+            config,
+            ledger,
+            manifest,
+            embed,
+            shard_cache: None,
+        }
+    }
+
+    /// Runs one attempt. An error leaves reporting the failure to the caller; the
+    /// envelope of a failed attempt is written here.
+    pub async fn run(&mut self, lease: &Lease) -> Result<(), TaskError> {
+        let started_at = now_rfc3339();
+        let clock = Instant::now();
+        let outcome = self.execute(lease).await;
+        let runtime_secs = clock.elapsed().as_secs_f64();
+
+        let (exit_status, error) = match &outcome {
+            Ok(_) => (ExitStatus::Succeeded, None),
+            Err(error) if error.is_data_error() => (ExitStatus::DataError, Some(error_chain(error))),
+            Err(error) => (ExitStatus::Retryable, Some(error_chain(error))),
+        };
+        let written = outcome.as_ref().ok().cloned();
+        let envelope = self.envelope(lease, started_at, runtime_secs, exit_status, error, written.as_ref());
+        self.put_envelope(lease, &envelope).await;
+
+        let completion = match written {
+            Some(written) => Some(self.complete(lease, &written).await?),
+            None => None,
+        };
+        self.observe(lease, runtime_secs, exit_status, completion).await;
+
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn execute(&mut self, lease: &Lease) -> Result<Written, TaskError> {
+        let embed = self.embed.ok_or(TaskError::ModelUnavailable)?;
+        let shard = self.shard(&lease.spec.shard.uri, &lease.spec.shard.sha256).await?;
+        let records = select_records(&shard, &lease.spec.shard.uri, lease.spec.first_record, lease.spec.records)?;
+
+        let texts: Vec<&str> = records.iter().map(|record| record.text.as_str()).collect();
+        let mut values = Vec::with_capacity(texts.len() * embed.dimension());
+        for batch in texts.chunks(FORWARD_BATCH) {
+            let tensor = embed.embed(batch).map_err(|error| TaskError::Kernel(error.to_string()))?;
+            let flat: Vec<f32> = Vec::<f32>::try_from(tensor.flatten(0, -1))
+                .map_err(|error| TaskError::Kernel(error.to_string()))?;
+            values.extend(flat);
+        }
+        let block = EmbeddingBlock {
+            ids: records.into_iter().map(|record| record.id).collect(),
+            dimension: embed.dimension(),
+            values,
+        };
+
+        let bytes = block
+            .encode(&[("job_id", self.config.job_id.clone()), ("task_id", lease.task_id.clone())])
+            .map_err(|error| TaskError::Kernel(error.to_string()))?;
+        self.put_result(lease, Bytes::from(bytes)).await
+    }
+
+    async fn shard(&mut self, uri: &str, sha256: &Sha256Hex) -> Result<Bytes, TaskError> {
+        if let Some((cached_sha, bytes)) = &self.shard_cache
+            && cached_sha == sha256
+        {
+            return Ok(bytes.clone());
+        }
+        let bytes = store::get_verified(uri, sha256).await?;
+        self.shard_cache = Some((sha256.clone(), bytes.clone()));
+        Ok(bytes)
+    }
+
+    async fn put_result(&self, lease: &Lease, bytes: Bytes) -> Result<Written, TaskError> {
+        let uri = layout::result_uri(&self.manifest.output, &self.config.job_id, &lease.task_id);
+        let outcome = store::put_create(&uri, bytes.clone()).await?;
+
+        // Another attempt wrote the result first; its bytes are what the job keeps.
+        let stored = match outcome {
+            PutOutcome::Created => bytes,
+            PutOutcome::AlreadyExisted => store::get(&uri).await?,
+        };
+        Ok(Written {
+            uri,
+            sha256: Sha256Hex::of(&stored),
+            existed: outcome == PutOutcome::AlreadyExisted,
+            records: lease.spec.records,
+        })
+    }
+
+    async fn complete(&self, lease: &Lease, written: &Written) -> Result<Completion, TaskError> {
+        let completion = self
+            .ledger
+            .complete(&self.config.job_id, &lease.task_id, &self.config.worker_id, lease.attempt, &written.uri)
+            .await?;
+        if completion == Completion::Duplicate {
+            debug!(job_id = %self.config.job_id, task_id = %lease.task_id, "duplicate completion suppressed");
+        }
+        Ok(completion)
+    }
+
+    fn envelope(
+        &self,
+        lease: &Lease,
+        started_at: String,
+        runtime_secs: f64,
+        exit_status: ExitStatus,
+        error: Option<String>,
+        written: Option<&Written>,
+    ) -> TaskEnvelope {
+        let data = vec![DataRef {
+            uri: lease.spec.shard.uri.clone(),
+            sha256: lease.spec.shard.sha256.clone(),
+        }];
+        let identity = run_identity(self.manifest, &self.config.gpu_sku, data);
+
+        TaskEnvelope {
+            job_id: self.config.job_id.clone(),
+            task_id: lease.task_id.clone(),
+            attempt: lease.attempt,
+            worker_id: self.config.worker_id.clone(),
+            backend: self.config.backend.clone(),
+            run_hash: identity.run_hash(),
+            identity,
+            started_at,
+            finished_at: now_rfc3339(),
+            runtime_secs,
+            exit_status,
+            error,
+            result_uri: written.map(|written| written.uri.clone()),
+            result_sha256: written.map(|written| written.sha256.clone()),
+            result_existed: written.is_some_and(|written| written.existed),
+            records: lease.spec.records,
+        }
+    }
+
+    /// Writes the attempt's envelope. A failed write is logged and does not fail the
+    /// task, because the result is already safe and the reconciler reports the gap.
+    async fn put_envelope(&self, lease: &Lease, envelope: &TaskEnvelope) {
+        let uri = layout::envelope_uri(&self.manifest.output, &self.config.job_id, &lease.task_id, lease.attempt);
+        let json = serde_json::to_vec_pretty(envelope).expect("envelope serializes");
+        if let Err(error) = store::put_create(&uri, Bytes::from(json)).await {
+            warn!(job_id = %self.config.job_id, task_id = %lease.task_id, uri, error = %error, "failed to write envelope");
+        }
+    }
+
+    async fn observe(&self, lease: &Lease, runtime_secs: f64, status: ExitStatus, completion: Option<Completion>) {
+        let outcome = match (status, completion) {
+            (_, Some(Completion::Duplicate)) => "duplicate",
+            (ExitStatus::Succeeded, _) => "succeeded",
+            (ExitStatus::DataError, _) => "data_error",
+            (ExitStatus::Retryable, _) => "retryable",
+        };
+        let observation = TaskObservation {
+            kernel: self.manifest.kernel.name().to_string(),
+            backend: self.config.backend.clone(),
+            outcome: outcome.to_string(),
+            runtime_secs,
+            wait_secs: (lease.leased_at_ms - lease.queued_at_ms).max(0) as f64 / 1000.0,
+        };
+        if let Err(error) = self.ledger.push_observation(&observation).await {
+            debug!(job_id = %self.config.job_id, error = %error, "failed to record a task observation");
+        }
+    }
+}
+
+/// Where a result was stored.
+#[derive(Debug, Clone)]
+struct Written {
+    uri: String,
+    sha256: Sha256Hex,
+    existed: bool,
+    #[allow(dead_code)]
+    records: u64,
+}
+
+/// Parses lines `first..first + count` of a JSONL shard.
+fn select_records(shard: &[u8], uri: &str, first: u64, count: u64) -> Result<Vec<Record>, TaskError> {
+    let mut records = Vec::with_capacity(count as usize);
+    let end = first + count;
+    let lines = shard
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace));
+
+    for (line_number, line) in (0u64..).zip(lines) {
+        if line_number < first {
+            continue;
+        }
+        if line_number >= end {
+            break;
+        }
+        let record: Record = serde_json::from_slice(line).map_err(|error| TaskError::Record {
+            uri: uri.to_string(),
+            line: line_number + 1,
+            reason: format!("{error}; each line must be a JSON object with string fields `id` and `text`"),
+        })?;
+        records.push(record);
+    }
+
+    if (records.len() as u64) < count {
+        return Err(TaskError::ShortShard {
+            uri: uri.to_string(),
+            found: first + records.len() as u64,
+            first,
+            end,
+        });
+    }
+    Ok(records)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARD: &[u8] = b"{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"b\",\"text\":\"y\"}\n{\"id\":\"c\",\"text\":\"z\"}\n";
+
+    #[test]
+    fn select_records_takes_the_range() {
+        let records = select_records(SHARD, "file:///s", 1, 2).unwrap();
+        let ids: Vec<&str> = records.iter().map(|record| record.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c"]);
+    }
+
+    #[test]
+    fn select_records_rejects_short_shard() {
+        let error = select_records(SHARD, "file:///s", 2, 5).err().unwrap();
+        assert!(matches!(error, TaskError::ShortShard { found: 3, .. }));
+        assert!(error.is_data_error());
+    }
+
+    #[test]
+    fn select_records_names_bad_line() {
+        let shard = b"{\"id\":\"a\",\"text\":\"x\"}\nnot json\n";
+        let error = select_records(shard, "file:///s", 0, 2).err().unwrap();
+        assert!(error.to_string().contains("line 2"), "{error}");
+    }
+}
