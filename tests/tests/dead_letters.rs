@@ -1,0 +1,113 @@
+//! Malformed manifests sent through the intake stream: each is dead-lettered with a
+//! readable reason, and the daemon goes on admitting good manifests.
+
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use redis::streams::StreamRangeReply;
+use spillway_common::ledger::Ledger;
+use spillway_tests::{
+    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial, wait_finished,
+    write_shard,
+};
+
+/// Applies `edit` to a copy of a valid manifest and returns the JSON text.
+fn edited(base: &serde_json::Value, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut manifest = base.clone();
+    edit(&mut manifest);
+    manifest.to_string().into_bytes()
+}
+
+/// Bad messages, each with a text that its dead-letter reason must contain.
+fn malformed(base: &serde_json::Value) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    vec![
+        ("empty body", Vec::new(), "JSON"),
+        ("bad JSON", b"{\"version\": 1,".to_vec(), "JSON"),
+        ("not an object", b"[1, 2, 3]".to_vec(), "object"),
+        ("binary garbage", vec![0xff, 0xfe, 0x00, 0x12], "JSON"),
+        ("unknown field", edited(base, |m| m["colour"] = "blue".into()), "colour"),
+        ("unknown nested field", edited(base, |m| m["model"]["revision"] = "main".into()), "model.revision"),
+        ("unknown kernel", edited(base, |m| m["kernel"]["name"] = "summarise".into()), "kernel"),
+        ("missing shard sha256", edited(base, |m| { m["inputs"][0].as_object_mut().unwrap().remove("sha256"); }), "inputs[0].sha256"),
+        ("malformed sha256", edited(base, |m| m["inputs"][0]["sha256"] = "abc123".into()), "inputs[0].sha256"),
+        ("malformed model sha256", edited(base, |m| m["model"]["sha256"] = "z".repeat(64).into()), "model.sha256"),
+        ("empty inputs", edited(base, |m| m["inputs"] = serde_json::json!([])), "inputs"),
+        ("zero batch size", edited(base, |m| m["records_per_task"] = 0.into()), "records_per_task"),
+        ("string batch size", edited(base, |m| m["records_per_task"] = "32".into()), "records_per_task"),
+        ("version 2", edited(base, |m| m["version"] = 2.into()), "version"),
+        ("unsupported scheme", edited(base, |m| m["inputs"][0]["uri"] = "ftp://host/a.jsonl".into()), "inputs[0].uri"),
+        ("image tag only", edited(base, |m| m["worker"] = serde_json::json!({"image": "ghcr.io/lab/worker:latest"})), "worker"),
+        ("negative gpus", edited(base, |m| m["gpus_per_worker"] = (-1).into()), "gpus_per_worker"),
+        ("missing name", edited(base, |m| { m.as_object_mut().unwrap().remove("name"); }), "name"),
+        ("worker digest of another build", edited(base, |m| m["worker"]["binary_sha256"] = "ab".repeat(32).into()), "worker"),
+    ]
+}
+
+async fn dead_letters(redis: &RedisServer, count: usize) -> StreamRangeReply {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply: StreamRangeReply = conn.xrange_all("spillway:intake:dead").await.unwrap();
+        if reply.ids.len() >= count {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "only {} of {count} messages were dead-lettered", reply.ids.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn field_bytes(entry: &redis::streams::StreamId, name: &str) -> Vec<u8> {
+    match entry.map.get(name) {
+        Some(redis::Value::BulkString(bytes)) => bytes.clone(),
+        other => panic!("field {name} missing or not a string: {other:?}"),
+    }
+}
+
+fn field(entry: &redis::streams::StreamId, name: &str) -> String {
+    String::from_utf8_lossy(&field_bytes(entry, name)).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_manifests_are_dead_lettered() {
+    let _serial = serial();
+    let redis = RedisServer::start().unwrap();
+    let mut daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let inputs = vec![write_shard(data.path(), "a.jsonl", &sample_records("a", 4))];
+    let output = data.path().join("out");
+    let base = embed_manifest("dead-letters", inputs, 4, &output);
+    let cases = malformed(&base);
+    assert!(cases.len() >= 15);
+
+    let mut message_ids = Vec::new();
+    for (_, body, _) in &cases {
+        message_ids.push(send_raw(&redis, body).await);
+    }
+    let letters = dead_letters(&redis, cases.len()).await;
+
+    assert_eq!(letters.ids.len(), cases.len());
+    for ((name, body, expected), message_id) in cases.iter().zip(&message_ids) {
+        let entry = letters
+            .ids
+            .iter()
+            .find(|entry| &field(entry, "message_id") == message_id)
+            .unwrap_or_else(|| panic!("case {name:?} was not dead-lettered"));
+        let reason = field(entry, "reason");
+        assert!(reason.contains(expected), "case {name:?}: reason does not mention {expected:?}:\n{reason}");
+        assert_eq!(&field_bytes(entry, "manifest"), body, "case {name:?}: body changed");
+    }
+    assert!(daemon.is_running(), "daemon exited:\n{}", daemon.log());
+
+    // The daemon still admits and runs a good manifest.
+    let job_id = spillway_common::task::job_id(&spillway_common::manifest::parse(base.to_string().as_bytes()).unwrap());
+    send_raw(&redis, base.to_string().as_bytes()).await;
+    let ledger = Ledger::connect(&redis.url(), "spillway").await.unwrap();
+    let job = wait_finished(&ledger, &job_id, Duration::from_secs(120)).await;
+    assert_eq!(job.state, "succeeded", "daemon log:\n{}", daemon.log());
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pending: redis::streams::StreamPendingReply = conn.xpending("spillway:intake", "spillway").await.unwrap();
+    assert_eq!(pending.count(), 0, "messages left unacknowledged");
+}
