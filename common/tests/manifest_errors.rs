@@ -631,10 +631,10 @@ fn docs_error_example_is_current() {
     let errors = parse(&serde_json::to_vec(&document).unwrap()).unwrap_err();
 
     let docs = include_str!("../../docs/manifest.md");
-    let shown = errors.to_string();
+    let rendered = errors.to_string();
     assert!(
-        docs.contains(&shown),
-        "update the error example in docs/manifest.md to:\n{shown}"
+        docs.contains(&rendered),
+        "update the error example in docs/manifest.md to:\n{rendered}"
     );
 }
 
@@ -648,4 +648,13 @@ fn error_list_is_capped() {
     assert_eq!(summary.path, "");
     assert_contains(&summary.problem, "4000 more errors are not listed");
     assert_contains(&summary.fix, "validate the manifest again");
+}
+
+#[test]
+fn deeply_nested_json_is_rejected() {
+    let depth = 100_000;
+    let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let errors = errors_of_bytes(text.as_bytes());
+    assert_eq!(errors.len(), 1);
+    assert_contains(&errors[0].problem, "recursion limit exceeded");
 }

@@ -49,7 +49,7 @@ fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
 }
 
 prop_compose! {
-    /// A manifest within every documented limit, small enough to slice quickly.
+    /// Generates a manifest within every documented limit, small enough to slice quickly.
     fn valid_manifest()(
         name in "[A-Za-z0-9._-]{1,128}",
         max_seq_len in 1_u32..=512,
@@ -86,7 +86,7 @@ prop_compose! {
     }
 }
 
-/// Any JSON value, nested up to a few levels.
+/// Generates any JSON value, nested up to four levels.
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -109,7 +109,7 @@ fn example() -> Value {
     serde_json::from_str(EXAMPLE).unwrap()
 }
 
-/// Every JSON pointer to a value inside `value`, the root included.
+/// Collects into `out` the JSON pointer of every value inside `value`, the root included.
 fn pointers(value: &Value, prefix: String, out: &mut Vec<String>) {
     match value {
         Value::Object(map) => {

@@ -57,7 +57,7 @@ fn schema_file_is_current() {
     );
 }
 
-/// The object schemas in the generated schema, each with the JSON pointer of the same
+/// Returns the object schemas in the generated schema, each with the JSON pointer of the same
 /// object in the example manifest.
 fn object_schemas(schema: &Value) -> Vec<(&'static str, Value)> {
     let definition = |name: &str| schema["$defs"][name].clone();

@@ -17,7 +17,7 @@ fn parse_value(document: &Value) -> Manifest {
     parse(&serde_json::to_vec(document).unwrap()).unwrap_or_else(|errors| panic!("{errors}"))
 }
 
-/// The smallest valid manifest: required fields only.
+/// Returns the smallest valid manifest: required fields only.
 fn minimal() -> Value {
     json!({
         "version": 1,
@@ -66,7 +66,7 @@ fn job_id_ignores_layout_and_defaults() {
 }
 
 // NOTE: `max_attempts` is serialized only when set, so writing the default value
-// changes the job id. docs/manifest.md states this; the test keeps the two in step.
+// changes the job id. docs/manifest.md states this, and the test keeps the two in step.
 #[test]
 fn job_id_depends_on_explicit_max_attempts() {
     let mut document = minimal();

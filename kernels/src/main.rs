@@ -9,7 +9,10 @@ use spillway_worker::search::Index;
 use spillway_worker::worker::{self, WorkerConfig};
 
 #[derive(Parser)]
-#[command(version, about = "Spillway worker: leases tasks from the ledger and runs their kernel")]
+#[command(
+    version,
+    about = "Spillway worker: leases tasks from the ledger and runs their kernel"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -69,7 +72,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn query(artefact: &str, model_dir: &std::path::Path, top: usize, text: &str) -> anyhow::Result<()> {
+async fn query(
+    artefact: &str,
+    model_dir: &std::path::Path,
+    top: usize,
+    text: &str,
+) -> anyhow::Result<()> {
     let bytes = spillway_common::store::get(artefact).await?;
     let index = Index::from_safetensors(&bytes)?;
     let model = EmbedModel::load(model_dir, tch::Device::Cpu, 256)?;

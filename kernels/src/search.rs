@@ -31,7 +31,9 @@ pub enum SearchError {
     EmbeddingsDtype { dtype: String },
 
     /// The `embeddings` tensor is not `[rows, dimension]` with a dimension above 0.
-    #[error("tensor `{EMBEDDINGS_TENSOR}` has shape {shape:?}, expected [rows, dimension] with dimension > 0")]
+    #[error(
+        "tensor `{EMBEDDINGS_TENSOR}` has shape {shape:?}, expected [rows, dimension] with dimension > 0"
+    )]
     EmbeddingsShape { shape: Vec<usize> },
 
     /// The `embeddings` tensor contains NaN or infinite values.
@@ -142,7 +144,7 @@ impl Index {
     /// Returns the `k` rows most similar to `query` (shape `[dimension]`, any
     /// float dtype and device) as `(id, cosine)`, best first.
     ///
-    /// Fewer than `k` pairs come back when the index has fewer rows. Equal
+    /// Fewer than `k` pairs are returned when the index has fewer rows. Equal
     /// scores are ordered by row.
     ///
     /// # Panics
@@ -282,7 +284,8 @@ mod tests {
             .flat_map(|value| value.to_le_bytes())
             .collect();
         let view = TensorView::new(Dtype::F32, vec![rows.len(), dimension], &bytes).unwrap();
-        let metadata = ids_json.map(|ids| HashMap::from([(IDS_METADATA_KEY.to_owned(), ids.to_owned())]));
+        let metadata =
+            ids_json.map(|ids| HashMap::from([(IDS_METADATA_KEY.to_owned(), ids.to_owned())]));
         safetensors::serialize([(EMBEDDINGS_TENSOR, view)], metadata).unwrap()
     }
 
@@ -318,9 +321,15 @@ mod tests {
 
         let ids: Vec<&str> = best.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["north-east", "east"]);
-        let expected = [3.0 / (5.0_f32.sqrt() * 2.0_f32.sqrt()), 2.0 / 5.0_f32.sqrt()];
+        let expected = [
+            3.0 / (5.0_f32.sqrt() * 2.0_f32.sqrt()),
+            2.0 / 5.0_f32.sqrt(),
+        ];
         for ((_, score), expected) in best.iter().zip(expected) {
-            assert!((score - expected).abs() < 1e-6, "score {score}, expected {expected}");
+            assert!(
+                (score - expected).abs() < 1e-6,
+                "score {score}, expected {expected}"
+            );
         }
     }
 
@@ -333,12 +342,19 @@ mod tests {
 
         assert_eq!(best.len(), 4);
         assert_eq!(best[3].0, "down");
-        assert!((best[3].1 + 1.0).abs() < 1e-6, "cosine with the opposite row is {}", best[3].1);
+        assert!(
+            (best[3].1 + 1.0).abs() < 1e-6,
+            "cosine with the opposite row is {}",
+            best[3].1
+        );
     }
 
     #[test]
     fn top_k_breaks_ties_by_row() {
-        let bytes = artefact(&[&[1.0, 0.0], &[0.0, 1.0], &[2.0, 0.0]], Some(r#"["a", "b", "c"]"#));
+        let bytes = artefact(
+            &[&[1.0, 0.0], &[0.0, 1.0], &[2.0, 0.0]],
+            Some(r#"["a", "b", "c"]"#),
+        );
         let index = Index::from_safetensors(&bytes).unwrap();
 
         let best = index.top_k(&Tensor::from_slice(&[1.0_f32, 0.0]), 2);
@@ -360,7 +376,11 @@ mod tests {
     fn top_k_zero_k_is_empty() {
         let index = four_row_index();
 
-        assert!(index.top_k(&Tensor::from_slice(&[1.0_f32, 0.0, 0.0]), 0).is_empty());
+        assert!(
+            index
+                .top_k(&Tensor::from_slice(&[1.0_f32, 0.0, 0.0]), 0)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -369,7 +389,10 @@ mod tests {
 
         let result = index.try_top_k(&Tensor::from_slice(&[1.0_f32, 0.0]), 1);
 
-        assert!(matches!(result, Err(SearchError::QueryShape { dimension: 3, .. })));
+        assert!(matches!(
+            result,
+            Err(SearchError::QueryShape { dimension: 3, .. })
+        ));
     }
 
     #[test]
@@ -390,7 +413,11 @@ mod tests {
         let index = Index::from_safetensors(&bytes).unwrap();
 
         assert!(index.is_empty());
-        assert!(index.top_k(&Tensor::from_slice(&[1.0_f32, 0.0, 0.0]), 3).is_empty());
+        assert!(
+            index
+                .top_k(&Tensor::from_slice(&[1.0_f32, 0.0, 0.0]), 3)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -408,7 +435,10 @@ mod tests {
 
         let result = Index::from_safetensors(&bytes);
 
-        assert!(matches!(result, Err(SearchError::IdCountMismatch { ids: 1, rows: 2 })));
+        assert!(matches!(
+            result,
+            Err(SearchError::IdCountMismatch { ids: 1, rows: 2 })
+        ));
     }
 
     #[test]
@@ -440,7 +470,10 @@ mod tests {
 
     #[test]
     fn from_safetensors_rejects_wrong_dtype() {
-        let bytes: Vec<u8> = [1.0_f64, 0.0].iter().flat_map(|value| value.to_le_bytes()).collect();
+        let bytes: Vec<u8> = [1.0_f64, 0.0]
+            .iter()
+            .flat_map(|value| value.to_le_bytes())
+            .collect();
         let view = TensorView::new(Dtype::F64, vec![1, 2], &bytes).unwrap();
         let metadata = HashMap::from([(IDS_METADATA_KEY.to_owned(), r#"["x"]"#.to_owned())]);
         let bytes = safetensors::serialize([(EMBEDDINGS_TENSOR, view)], Some(metadata)).unwrap();

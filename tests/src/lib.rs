@@ -170,7 +170,8 @@ pub fn model_digest(dir: &Path) -> String {
     let digests: Vec<Sha256Hex> = MODEL_FILES
         .iter()
         .map(|name| {
-            let bytes = std::fs::read(dir.join(name)).unwrap_or_else(|error| panic!("failed to read {name}: {error}"));
+            let bytes = std::fs::read(dir.join(name))
+                .unwrap_or_else(|error| panic!("failed to read {name}: {error}"));
             Sha256Hex::of(&bytes)
         })
         .collect();
@@ -180,7 +181,8 @@ pub fn model_digest(dir: &Path) -> String {
 
 /// SHA-256 of a file.
 pub fn file_digest(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_else(|error| panic!("failed to read {}: {error}", path.display()));
+    let bytes = std::fs::read(path)
+        .unwrap_or_else(|error| panic!("failed to read {}: {error}", path.display()));
     spillway_common::digest::Sha256Hex::of(&bytes).to_string()
 }
 
@@ -214,12 +216,22 @@ pub fn sample_records(prefix: &str, count: usize) -> Vec<(String, String)> {
         "a game about building railway networks",
     ];
     (0..count)
-        .map(|i| (format!("{prefix}-{i:04}"), format!("{} (variant {i})", TOPICS[i % TOPICS.len()])))
+        .map(|i| {
+            (
+                format!("{prefix}-{i:04}"),
+                format!("{} (variant {i})", TOPICS[i % TOPICS.len()]),
+            )
+        })
         .collect()
 }
 
 /// An embed manifest for the real model and the built worker binary.
-pub fn embed_manifest(name: &str, inputs: Vec<serde_json::Value>, records_per_task: u32, output: &Path) -> serde_json::Value {
+pub fn embed_manifest(
+    name: &str,
+    inputs: Vec<serde_json::Value>,
+    records_per_task: u32,
+    output: &Path,
+) -> serde_json::Value {
     serde_json::json!({
         "version": 1,
         "name": name,
@@ -240,6 +252,7 @@ pub fn embed_manifest(name: &str, inputs: Vec<serde_json::Value>, records_per_ta
 pub struct Daemon {
     child: Child,
     pub config_path: PathBuf,
+    pub metrics_port: u16,
     pub dir: tempfile::TempDir,
 }
 
@@ -263,6 +276,7 @@ impl Default for DaemonOptions {
 impl Daemon {
     pub fn start(redis: &RedisServer, options: DaemonOptions) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let metrics_port = free_port()?;
         let config = format!(
             "[ledger]\nurl = \"{url}\"\nprefix = \"spillway\"\n\n\
              [intake.redis_stream]\nclaim_idle_secs = {claim}\n\n\
@@ -272,7 +286,7 @@ impl Daemon {
             url = redis.url(),
             claim = options.claim_idle_secs,
             lease = options.lease_secs,
-            metrics = free_port()?,
+            metrics = metrics_port,
             worker = binary("spillway-worker").display(),
             workers = options.max_workers,
             cache = dir.path().join("cache").display(),
@@ -288,12 +302,30 @@ impl Daemon {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        Ok(Self { child, config_path, dir })
+        Ok(Self {
+            child,
+            config_path,
+            metrics_port,
+            dir,
+        })
     }
 
     /// The daemon's log so far, for assertion messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Fetches `/metrics` over plain HTTP/1.0.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        response
     }
 
     /// Returns whether the process is still running.
@@ -323,7 +355,10 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// Sends a raw message body to the intake stream.
 pub async fn send_raw(redis: &RedisServer, body: &[u8]) -> String {
     let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
     redis::cmd("XADD")
         .arg("spillway:intake")
         .arg("*")
@@ -347,7 +382,10 @@ pub async fn wait_finished(
         {
             return job;
         }
-        assert!(Instant::now() < deadline, "job {job_id} did not finish within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "job {job_id} did not finish within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use spillway_common::ledger::Ledger;
 use spillway_tests::{
-    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial, wait_finished,
-    write_shard,
+    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial,
+    wait_finished, write_shard,
 };
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn job_id_of(manifest: &serde_json::Value) -> String {
-    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes()).expect("test manifest is valid");
+    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes())
+        .expect("test manifest is valid");
     spillway_common::task::job_id(&parsed)
 }
 
@@ -26,18 +27,27 @@ async fn kill_workers_mid_task(redis: &RedisServer, ledger: &Ledger, job_id: &st
         if job.is_some_and(|job| job.leased > 0) {
             break;
         }
-        assert!(Instant::now() < deadline, "no task of {job_id} was leased within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "no task of {job_id} was leased within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let workers: Vec<String> = conn.zrange(ledger.keys().workers(job_id), 0, -1).await.unwrap();
+    let workers: Vec<String> = conn
+        .zrange(ledger.keys().workers(job_id), 0, -1)
+        .await
+        .unwrap();
     let mut killed = 0;
     for worker_id in workers {
         // Worker ids end in the process id: local-<array>-<index>-<host>-<pid>.
         let pid = worker_id.rsplit('-').next().unwrap();
-        let status = std::process::Command::new("kill").args(["-KILL", pid]).status().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", pid])
+            .status()
+            .unwrap();
         if status.success() {
             killed += 1;
         }
@@ -56,7 +66,11 @@ async fn killed_worker_task_reruns_once() {
     };
     let daemon = Daemon::start(&redis, options).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let inputs = vec![write_shard(data.path(), "a.jsonl", &sample_records("a", 96))];
+    let inputs = vec![write_shard(
+        data.path(),
+        "a.jsonl",
+        &sample_records("a", 96),
+    )];
     let output = data.path().join("out");
     let manifest = embed_manifest("killed-worker", inputs, 32, &output);
     let job_id = job_id_of(&manifest);
@@ -70,8 +84,13 @@ async fn killed_worker_task_reruns_once() {
     assert_eq!(job.state, "succeeded", "daemon log:\n{}", daemon.log());
     assert!(job.lease_expiries >= 1, "no lease expired: {job:?}");
     let tasks = ledger.tasks(&job_id, job.tasks_total).await.unwrap();
-    assert!(tasks.iter().any(|task| task.attempt >= 2), "no task ran twice: {tasks:?}");
-    let results = std::fs::read_dir(output.join(&job_id).join("results")).unwrap().count();
+    assert!(
+        tasks.iter().any(|task| task.attempt >= 2),
+        "no task ran twice: {tasks:?}"
+    );
+    let results = std::fs::read_dir(output.join(&job_id).join("results"))
+        .unwrap()
+        .count();
     assert_eq!(results, 3, "expected exactly one result object per task");
 }
 
@@ -86,7 +105,11 @@ async fn dead_task_fails_the_job() {
     };
     let daemon = Daemon::start(&redis, options).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let inputs = vec![write_shard(data.path(), "a.jsonl", &sample_records("a", 64))];
+    let inputs = vec![write_shard(
+        data.path(),
+        "a.jsonl",
+        &sample_records("a", 64),
+    )];
     let output = data.path().join("out");
     let mut manifest = embed_manifest("dead-task", inputs, 32, &output);
     manifest["max_attempts"] = serde_json::json!(1);
@@ -100,10 +123,19 @@ async fn dead_task_fails_the_job() {
     assert_eq!(job.state, "failed", "daemon log:\n{}", daemon.log());
     assert!(job.dead >= 1, "{job:?}");
     let envelope: spillway_common::envelope::JobEnvelope =
-        serde_json::from_slice(&std::fs::read(output.join(&job_id).join("job.json")).unwrap()).unwrap();
-    let dead: Vec<_> = envelope.failed_tasks.iter().filter(|task| task.state == "dead").collect();
+        serde_json::from_slice(&std::fs::read(output.join(&job_id).join("job.json")).unwrap())
+            .unwrap();
+    let dead: Vec<_> = envelope
+        .failed_tasks
+        .iter()
+        .filter(|task| task.state == "dead")
+        .collect();
     assert!(!dead.is_empty(), "{envelope:?}");
-    assert!(dead[0].reason.contains("lease expired"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("lease expired"),
+        "{}",
+        dead[0].reason
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,7 +149,11 @@ async fn restarted_daemon_resumes_job() {
     };
     let mut first = Daemon::start(&redis, options()).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let inputs = vec![write_shard(data.path(), "a.jsonl", &sample_records("a", 96))];
+    let inputs = vec![write_shard(
+        data.path(),
+        "a.jsonl",
+        &sample_records("a", 96),
+    )];
     let output = data.path().join("out");
     let manifest = embed_manifest("restarted-daemon", inputs, 16, &output);
     let job_id = job_id_of(&manifest);
@@ -125,7 +161,12 @@ async fn restarted_daemon_resumes_job() {
 
     send_raw(&redis, manifest.to_string().as_bytes()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ledger.job(&job_id).await.unwrap().is_none_or(|job| job.leased == 0) {
+    while ledger
+        .job(&job_id)
+        .await
+        .unwrap()
+        .is_none_or(|job| job.leased == 0)
+    {
         assert!(Instant::now() < deadline, "job never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -137,6 +178,8 @@ async fn restarted_daemon_resumes_job() {
 
     assert_eq!(job.state, "succeeded", "daemon log:\n{}", second.log());
     assert_eq!(job.succeeded, 6);
-    let results = std::fs::read_dir(output.join(&job_id).join("results")).unwrap().count();
+    let results = std::fs::read_dir(output.join(&job_id).join("results"))
+        .unwrap()
+        .count();
     assert_eq!(results, 6);
 }

@@ -7,8 +7,8 @@ use redis::AsyncCommands;
 use redis::streams::StreamRangeReply;
 use spillway_common::ledger::Ledger;
 use spillway_tests::{
-    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial, wait_finished,
-    write_shard,
+    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial,
+    wait_finished, write_shard,
 };
 
 /// Applies `edit` to a copy of a valid manifest and returns the JSON text.
@@ -25,21 +25,91 @@ fn malformed(base: &serde_json::Value) -> Vec<(&'static str, Vec<u8>, &'static s
         ("bad JSON", b"{\"version\": 1,".to_vec(), "JSON"),
         ("not an object", b"[1, 2, 3]".to_vec(), "object"),
         ("binary garbage", vec![0xff, 0xfe, 0x00, 0x12], "JSON"),
-        ("unknown field", edited(base, |m| m["colour"] = "blue".into()), "colour"),
-        ("unknown nested field", edited(base, |m| m["model"]["revision"] = "main".into()), "model.revision"),
-        ("unknown kernel", edited(base, |m| m["kernel"]["name"] = "summarise".into()), "kernel"),
-        ("missing shard sha256", edited(base, |m| { m["inputs"][0].as_object_mut().unwrap().remove("sha256"); }), "inputs[0].sha256"),
-        ("malformed sha256", edited(base, |m| m["inputs"][0]["sha256"] = "abc123".into()), "inputs[0].sha256"),
-        ("malformed model sha256", edited(base, |m| m["model"]["sha256"] = "z".repeat(64).into()), "model.sha256"),
-        ("empty inputs", edited(base, |m| m["inputs"] = serde_json::json!([])), "inputs"),
-        ("zero batch size", edited(base, |m| m["records_per_task"] = 0.into()), "records_per_task"),
-        ("string batch size", edited(base, |m| m["records_per_task"] = "32".into()), "records_per_task"),
-        ("version 2", edited(base, |m| m["version"] = 2.into()), "version"),
-        ("unsupported scheme", edited(base, |m| m["inputs"][0]["uri"] = "ftp://host/a.jsonl".into()), "inputs[0].uri"),
-        ("image tag only", edited(base, |m| m["worker"] = serde_json::json!({"image": "ghcr.io/lab/worker:latest"})), "worker"),
-        ("negative gpus", edited(base, |m| m["gpus_per_worker"] = (-1).into()), "gpus_per_worker"),
-        ("missing name", edited(base, |m| { m.as_object_mut().unwrap().remove("name"); }), "name"),
-        ("worker digest of another build", edited(base, |m| m["worker"]["binary_sha256"] = "ab".repeat(32).into()), "worker"),
+        (
+            "unknown field",
+            edited(base, |m| m["colour"] = "blue".into()),
+            "colour",
+        ),
+        (
+            "unknown nested field",
+            edited(base, |m| m["model"]["revision"] = "main".into()),
+            "model.revision",
+        ),
+        (
+            "unknown kernel",
+            edited(base, |m| m["kernel"]["name"] = "summarise".into()),
+            "kernel",
+        ),
+        (
+            "missing shard sha256",
+            edited(base, |m| {
+                m["inputs"][0].as_object_mut().unwrap().remove("sha256");
+            }),
+            "inputs[0].sha256",
+        ),
+        (
+            "malformed sha256",
+            edited(base, |m| m["inputs"][0]["sha256"] = "abc123".into()),
+            "inputs[0].sha256",
+        ),
+        (
+            "malformed model sha256",
+            edited(base, |m| m["model"]["sha256"] = "z".repeat(64).into()),
+            "model.sha256",
+        ),
+        (
+            "empty inputs",
+            edited(base, |m| m["inputs"] = serde_json::json!([])),
+            "inputs",
+        ),
+        (
+            "zero batch size",
+            edited(base, |m| m["records_per_task"] = 0.into()),
+            "records_per_task",
+        ),
+        (
+            "string batch size",
+            edited(base, |m| m["records_per_task"] = "32".into()),
+            "records_per_task",
+        ),
+        (
+            "version 2",
+            edited(base, |m| m["version"] = 2.into()),
+            "version",
+        ),
+        (
+            "unsupported scheme",
+            edited(base, |m| {
+                m["inputs"][0]["uri"] = "ftp://host/a.jsonl".into()
+            }),
+            "inputs[0].uri",
+        ),
+        (
+            "image tag only",
+            edited(base, |m| {
+                m["worker"] = serde_json::json!({"image": "ghcr.io/lab/worker:latest"})
+            }),
+            "worker",
+        ),
+        (
+            "negative gpus",
+            edited(base, |m| m["gpus_per_worker"] = (-1).into()),
+            "gpus_per_worker",
+        ),
+        (
+            "missing name",
+            edited(base, |m| {
+                m.as_object_mut().unwrap().remove("name");
+            }),
+            "name",
+        ),
+        (
+            "worker digest of another build",
+            edited(base, |m| {
+                m["worker"]["binary_sha256"] = "ab".repeat(32).into()
+            }),
+            "worker",
+        ),
     ]
 }
 
@@ -52,7 +122,11 @@ async fn dead_letters(redis: &RedisServer, count: usize) -> StreamRangeReply {
         if reply.ids.len() >= count {
             return reply;
         }
-        assert!(Instant::now() < deadline, "only {} of {count} messages were dead-lettered", reply.ids.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} messages were dead-lettered",
+            reply.ids.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -94,13 +168,22 @@ async fn malformed_manifests_are_dead_lettered() {
             .find(|entry| &field(entry, "message_id") == message_id)
             .unwrap_or_else(|| panic!("case {name:?} was not dead-lettered"));
         let reason = field(entry, "reason");
-        assert!(reason.contains(expected), "case {name:?}: reason does not mention {expected:?}:\n{reason}");
-        assert_eq!(&field_bytes(entry, "manifest"), body, "case {name:?}: body changed");
+        assert!(
+            reason.contains(expected),
+            "case {name:?}: reason does not mention {expected:?}:\n{reason}"
+        );
+        assert_eq!(
+            &field_bytes(entry, "manifest"),
+            body,
+            "case {name:?}: body changed"
+        );
     }
     assert!(daemon.is_running(), "daemon exited:\n{}", daemon.log());
 
     // The daemon still admits and runs a good manifest.
-    let job_id = spillway_common::task::job_id(&spillway_common::manifest::parse(base.to_string().as_bytes()).unwrap());
+    let job_id = spillway_common::task::job_id(
+        &spillway_common::manifest::parse(base.to_string().as_bytes()).unwrap(),
+    );
     send_raw(&redis, base.to_string().as_bytes()).await;
     let ledger = Ledger::connect(&redis.url(), "spillway").await.unwrap();
     let job = wait_finished(&ledger, &job_id, Duration::from_secs(120)).await;
@@ -108,6 +191,7 @@ async fn malformed_manifests_are_dead_lettered() {
 
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let pending: redis::streams::StreamPendingReply = conn.xpending("spillway:intake", "spillway").await.unwrap();
+    let pending: redis::streams::StreamPendingReply =
+        conn.xpending("spillway:intake", "spillway").await.unwrap();
     assert_eq!(pending.count(), 0, "messages left unacknowledged");
 }

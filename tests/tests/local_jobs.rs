@@ -8,14 +8,15 @@ use spillway_common::artefact::EmbeddingBlock;
 use spillway_common::envelope::JobEnvelope;
 use spillway_common::ledger::Ledger;
 use spillway_tests::{
-    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial, wait_finished,
-    write_shard,
+    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial,
+    wait_finished, write_shard,
 };
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn job_id_of(manifest: &serde_json::Value) -> String {
-    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes()).expect("test manifest is valid");
+    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes())
+        .expect("test manifest is valid");
     spillway_common::task::job_id(&parsed)
 }
 
@@ -25,7 +26,9 @@ fn read_envelope(output: &Path, job_id: &str) -> JobEnvelope {
 }
 
 fn count_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|entries| entries.count()).unwrap_or(0)
+    std::fs::read_dir(dir)
+        .map(|entries| entries.count())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -52,7 +55,11 @@ async fn local_job_writes_artefact_in_order() {
     assert_eq!(job.tasks_total, 7);
     let artefact = std::fs::read(output.join(&job_id).join("embeddings.safetensors")).unwrap();
     let block = EmbeddingBlock::decode(&artefact).unwrap();
-    let expected_ids: Vec<String> = first.iter().chain(&second).map(|(id, _)| id.clone()).collect();
+    let expected_ids: Vec<String> = first
+        .iter()
+        .chain(&second)
+        .map(|(id, _)| id.clone())
+        .collect();
     assert_eq!(block.ids, expected_ids);
     assert_eq!(block.dimension, 384);
     for (row, id) in block.values.chunks(384).zip(&block.ids) {
@@ -64,6 +71,23 @@ async fn local_job_writes_artefact_in_order() {
     assert_eq!(envelope.state, "succeeded");
     assert_eq!(envelope.records, 22);
     assert_eq!(count_files(&output.join(&job_id).join("envelopes")), 7);
+
+    // Observations reach the histograms on the next reconcile pass.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let metrics = daemon.scrape();
+    for expected in [
+        "spillway_intake_messages_total{queue=\"spillway:intake\",outcome=\"admitted\"} 1",
+        "spillway_jobs_finished_total{state=\"succeeded\"} 1",
+        "spillway_task_runtime_seconds_count{kernel=\"embed\",backend=\"local\"} 7",
+        "spillway_task_attempts_total{kernel=\"embed\",backend=\"local\",outcome=\"succeeded\"} 7",
+        "spillway_workers_started_total{backend=\"local\"}",
+        "spillway_lease_expiries_total 0",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,12 +109,21 @@ async fn redelivered_message_makes_one_job() {
 
     assert_eq!(job.state, "succeeded", "daemon log:\n{}", daemon.log());
     assert_eq!(job.tasks_total, 2);
-    let all_jobs = [ledger.active_jobs().await.unwrap(), ledger.finished_jobs(100).await.unwrap()].concat();
+    let all_jobs = [
+        ledger.active_jobs().await.unwrap(),
+        ledger.finished_jobs(100).await.unwrap(),
+    ]
+    .concat();
     assert_eq!(all_jobs, vec![job_id.clone()]);
     assert_eq!(count_files(&output.join(&job_id).join("results")), 2);
     let log = daemon.log();
     assert_eq!(log.matches("job admitted").count(), 1, "{log}");
-    assert_eq!(log.matches("redelivered message matches an existing job").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("redelivered message matches an existing job")
+            .count(),
+        2,
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -63,8 +63,9 @@ impl std::error::Error for ManifestErrors {}
 
 /// Parses and validates a manifest, returning every problem found when it is invalid.
 ///
-/// Never panics, whatever the bytes. A deadline in the past is accepted because the
-/// submitter's clock may differ from the daemon's; the daemon decides what to do.
+/// Property tests feed it arbitrary bytes and JSON values to check that it does not
+/// panic. A deadline in the past is accepted because the submitter's clock may differ
+/// from the daemon's, so the daemon decides what a missed deadline means.
 pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestErrors> {
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(ManifestErrors(vec![oversized(bytes.len())]));

@@ -24,9 +24,16 @@ pub struct LocalBackend {
     state: Mutex<State>,
 }
 
+/// Failed worker exits in a row after which a job gets no more local workers, so a
+/// job whose workers cannot start (a replaced binary, a broken install) does not
+/// restart them forever. A daemon restart clears the count.
+const MAX_FAILED_EXITS: u32 = 5;
+
 #[derive(Default)]
 struct State {
     children: HashMap<String, Vec<Child>>,
+    /// Failed exits in a row per job; a clean exit resets it.
+    failed_exits: HashMap<String, u32>,
     /// Next array index per job, so indexes stay unique when workers are added.
     next_index: HashMap<String, u32>,
     launches: u64,
@@ -128,6 +135,20 @@ impl Backend for LocalBackend {
 
     async fn launch(&self, request: LaunchRequest<'_>) -> Result<u32, BackendError> {
         let mut state = self.state.lock().await;
+        let failed_exits = state.failed_exits.get(request.job_id).copied().unwrap_or(0);
+        if failed_exits >= MAX_FAILED_EXITS {
+            return Err(BackendError {
+                backend: "local",
+                operation: "start workers",
+                job_id: request.job_id.to_string(),
+                source: format!(
+                    "its last {failed_exits} workers exited with an error, so no more are started; \
+                     read the worker logs in {} and restart the daemon after fixing the cause",
+                    self.config.log_dir.display()
+                )
+                .into(),
+            });
+        }
         state.launches += 1;
         let launch_id = format!("{}-{}", std::process::id(), state.launches);
         let first_index = *state.next_index.get(request.job_id).unwrap_or(&0);
@@ -165,38 +186,45 @@ impl Backend for LocalBackend {
 
     async fn running(&self, job_id: &str) -> u32 {
         let mut state = self.state.lock().await;
-        let Some(children) = state.children.get_mut(job_id) else {
-            return 0;
-        };
-        children.retain_mut(|child| still_running(job_id, child));
-        children.len() as u32
+        state.reap_exited();
+        state
+            .children
+            .get(job_id)
+            .map_or(0, |children| children.len() as u32)
     }
 
     async fn running_total(&self) -> u32 {
         let mut state = self.state.lock().await;
-        let mut total = 0;
-        for (job_id, children) in state.children.iter_mut() {
-            children.retain_mut(|child| still_running(job_id, child));
-            total += children.len() as u32;
-        }
-        state.children.retain(|_, children| !children.is_empty());
-        total
+        state.reap_exited();
+        state
+            .children
+            .values()
+            .map(|children| children.len() as u32)
+            .sum()
     }
 }
 
-/// Reaps an exited worker and logs a failed exit.
-fn still_running(job_id: &str, child: &mut Child) -> bool {
-    match child.try_wait() {
-        Ok(None) => true,
-        Ok(Some(status)) => {
-            if !status.success() {
-                warn!(job_id, backend = "local", pid = ?child.id(), status = %status, "worker exited with an error");
-            }
-            false
+impl State {
+    /// Forgets exited workers, logging and counting the ones that failed.
+    fn reap_exited(&mut self) {
+        for (job_id, children) in self.children.iter_mut() {
+            children.retain_mut(|child| match child.try_wait() {
+                Ok(None) => true,
+                Ok(Some(status)) if status.success() => {
+                    self.failed_exits.remove(job_id);
+                    false
+                }
+                Ok(Some(status)) => {
+                    warn!(job_id, backend = "local", status = %status, "worker exited with an error");
+                    *self.failed_exits.entry(job_id.clone()).or_default() += 1;
+                    false
+                }
+                Err(error) => {
+                    warn!(job_id, backend = "local", error = %error, "failed to check a worker process");
+                    false
+                }
+            });
         }
-        Err(error) => {
-            warn!(job_id, backend = "local", error = %error, "failed to check a worker process");
-            false
-        }
+        self.children.retain(|_, children| !children.is_empty());
     }
 }

@@ -42,10 +42,11 @@ impl BertConfig {
             path: path.to_owned(),
             source,
         })?;
-        let config: Self = serde_json::from_str(&text).map_err(|source| EmbedError::ParseConfig {
-            path: path.to_owned(),
-            source,
-        })?;
+        let config: Self =
+            serde_json::from_str(&text).map_err(|source| EmbedError::ParseConfig {
+                path: path.to_owned(),
+                source,
+            })?;
 
         if let Err(reason) = config.validate() {
             return Err(EmbedError::UnsupportedConfig {
@@ -127,7 +128,13 @@ struct LayerNorm {
 impl LayerNorm {
     fn forward(&self, input: &Tensor) -> Result<Tensor, TchError> {
         let width = self.weight.size()[0];
-        input.f_layer_norm([width], Some(&self.weight), Some(&self.bias), self.eps, true)
+        input.f_layer_norm(
+            [width],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -177,8 +184,10 @@ impl BertEncoder {
 
         let hidden = config.hidden_size;
         let embeddings_norm = weights.layer_norm("embeddings.LayerNorm", hidden, config)?;
-        let token_types =
-            weights.tensor("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, hidden])?;
+        let token_types = weights.tensor(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, hidden],
+        )?;
         let token_type_embedding = token_types.f_select(0, 0).map_err(|source| {
             weights.load_error("embeddings.token_type_embeddings.weight", source)
         })?;
@@ -189,8 +198,10 @@ impl BertEncoder {
         }
 
         Ok(Self {
-            word_embeddings: weights
-                .tensor("embeddings.word_embeddings.weight", &[config.vocab_size, hidden])?,
+            word_embeddings: weights.tensor(
+                "embeddings.word_embeddings.weight",
+                &[config.vocab_size, hidden],
+            )?,
             position_embeddings: weights.tensor(
                 "embeddings.position_embeddings.weight",
                 &[config.max_position_embeddings, hidden],
@@ -218,9 +229,7 @@ impl BertEncoder {
 
         let words = Tensor::f_embedding(&self.word_embeddings, input_ids, -1, false, false)?;
         let positions = self.position_embeddings.f_narrow(0, 0, seq_len)?;
-        let embeddings = words
-            .f_add(&positions)?
-            .f_add(&self.token_type_embedding)?;
+        let embeddings = words.f_add(&positions)?.f_add(&self.token_type_embedding)?;
         let mut hidden = self.embeddings_norm.forward(&embeddings)?;
 
         // Boolean mask for scaled_dot_product_attention, true where a key is a
@@ -354,7 +363,12 @@ impl<'data> WeightFile<'data> {
             .map_err(|source| self.load_error(&full_name, source))
     }
 
-    fn linear(&self, prefix: &str, out_features: i64, in_features: i64) -> Result<Linear, EmbedError> {
+    fn linear(
+        &self,
+        prefix: &str,
+        out_features: i64,
+        in_features: i64,
+    ) -> Result<Linear, EmbedError> {
         Ok(Linear {
             weight: self.tensor(&format!("{prefix}.weight"), &[out_features, in_features])?,
             bias: self.tensor(&format!("{prefix}.bias"), &[out_features])?,
@@ -393,9 +407,21 @@ impl<'data> WeightFile<'data> {
 
         Ok(EncoderLayer {
             query_key_value,
-            attention_output: self.linear(&format!("{prefix}.attention.output.dense"), hidden, hidden)?,
-            attention_norm: self.layer_norm(&format!("{prefix}.attention.output.LayerNorm"), hidden, config)?,
-            intermediate: self.linear(&format!("{prefix}.intermediate.dense"), intermediate, hidden)?,
+            attention_output: self.linear(
+                &format!("{prefix}.attention.output.dense"),
+                hidden,
+                hidden,
+            )?,
+            attention_norm: self.layer_norm(
+                &format!("{prefix}.attention.output.LayerNorm"),
+                hidden,
+                config,
+            )?,
+            intermediate: self.linear(
+                &format!("{prefix}.intermediate.dense"),
+                intermediate,
+                hidden,
+            )?,
             output: self.linear(&format!("{prefix}.output.dense"), hidden, intermediate)?,
             output_norm: self.layer_norm(&format!("{prefix}.output.LayerNorm"), hidden, config)?,
         })

@@ -140,8 +140,8 @@ pub enum EmbedError {
 /// Sets the number of threads that libtorch uses inside one operator (its
 /// intra-op pool) for the whole process.
 ///
-/// Call it once before the first forward pass. Without it, libtorch uses one
-/// thread per physical core. Tokenization runs separately on the rayon global
+/// Call it once before the first forward pass. Without it, libtorch uses its
+/// default, which `OMP_NUM_THREADS` overrides. Tokenization runs separately on the rayon global
 /// pool of the `tokenizers` crate, sized by `RAYON_NUM_THREADS` and switched off
 /// by `TOKENIZERS_PARALLELISM=false`.
 pub fn set_threads(threads: i32) -> Result<(), EmbedError> {
@@ -217,7 +217,7 @@ impl EmbedModel {
         self.batch_size
     }
 
-    /// Returns the device that holds the weights.
+    /// Returns the device of the weights.
     pub fn device(&self) -> Device {
         self.device
     }
@@ -236,7 +236,10 @@ impl EmbedModel {
     pub fn embed(&self, texts: &[&str]) -> Result<Tensor, EmbedError> {
         let text_count = texts.len();
         if text_count == 0 {
-            return Ok(Tensor::zeros([0, self.dimension as i64], (Kind::Float, Device::Cpu)));
+            return Ok(Tensor::zeros(
+                [0, self.dimension as i64],
+                (Kind::Float, Device::Cpu),
+            ));
         }
 
         let token_ids = self.tokenizer.encode(texts)?;
@@ -260,7 +263,9 @@ impl EmbedModel {
     fn embed_batch(&self, sequences: &[&[i64]]) -> Result<Tensor, EmbedError> {
         let forward = || -> Result<Tensor, TchError> {
             let batch = pad_batch(sequences, self.pad_token_id, self.device)?;
-            let hidden = self.encoder.forward(&batch.input_ids, &batch.attention_mask)?;
+            let hidden = self
+                .encoder
+                .forward(&batch.input_ids, &batch.attention_mask)?;
             mean_pool_normalize(&hidden, &batch.attention_mask)
         };
         forward().map_err(|source| EmbedError::Forward {
@@ -286,7 +291,7 @@ impl EmbedModel {
 }
 
 /// Returns text indices ordered by decreasing token count, ties in input order,
-/// so that each batch holds texts of similar length and pads little.
+/// so that each batch contains texts of similar length and needs little padding.
 fn longest_first_order(token_ids: &[Vec<i64>]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..token_ids.len()).collect();
     order.sort_by_key(|&index| std::cmp::Reverse(token_ids[index].len()));
@@ -301,8 +306,12 @@ fn longest_first_order(token_ids: &[Vec<i64>]) -> Vec<usize> {
 fn mean_pool_normalize(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor, TchError> {
     let mask = attention_mask.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
 
-    let summed = hidden.f_mul(&mask)?.f_sum_dim_intlist(1, false, Kind::Float)?;
-    let token_counts = mask.f_sum_dim_intlist(1, false, Kind::Float)?.f_clamp_min(1e-9)?;
+    let summed = hidden
+        .f_mul(&mask)?
+        .f_sum_dim_intlist(1, false, Kind::Float)?;
+    let token_counts = mask
+        .f_sum_dim_intlist(1, false, Kind::Float)?
+        .f_clamp_min(1e-9)?;
     let mean = summed.f_div(&token_counts)?;
 
     let norms = mean.f_norm_scalaropt_dim(2, 1, true)?.f_clamp_min(1e-12)?;

@@ -35,7 +35,11 @@ impl WorkerConfig {
         let array_id = optional(env::ARRAY_ID).unwrap_or_else(|| "0".into());
         let array_index = parse(env::ARRAY_INDEX)?.unwrap_or(0);
         let lease_secs: u64 = parse(env::LEASE_SECS)?.unwrap_or(DEFAULT_LEASE_SECS);
-        anyhow::ensure!(lease_secs >= 1, "{} must be at least 1 second", env::LEASE_SECS);
+        anyhow::ensure!(
+            lease_secs >= 1,
+            "{} must be at least 1 second",
+            env::LEASE_SECS
+        );
 
         let mut ledger_url = required(env::LEDGER_URL)?;
         if let Some(path) = optional(env::LEDGER_PASSWORD_FILE) {
@@ -43,7 +47,10 @@ impl WorkerConfig {
         }
 
         let host = hostname();
-        let worker_id = format!("{backend}-{array_id}-{array_index}-{host}-{}", std::process::id());
+        let worker_id = format!(
+            "{backend}-{array_id}-{array_index}-{host}-{}",
+            std::process::id()
+        );
 
         Ok(Self {
             job_id,
@@ -68,7 +75,9 @@ fn optional(name: &str) -> Option<String> {
 }
 
 fn required(name: &str) -> anyhow::Result<String> {
-    optional(name).with_context(|| format!("environment variable {name} is missing; the backend that starts workers sets it"))
+    optional(name).with_context(|| {
+        format!("environment variable {name} is missing; the backend that starts workers sets it")
+    })
 }
 
 fn parse<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
@@ -84,8 +93,10 @@ where
 }
 
 fn with_password(url: &str, path: &str) -> anyhow::Result<String> {
-    let password = std::fs::read_to_string(path).with_context(|| format!("failed to read the ledger password file {path}"))?;
-    let mut parsed = url::Url::parse(url).with_context(|| format!("invalid {}", env::LEDGER_URL))?;
+    let password = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the ledger password file {path}"))?;
+    let mut parsed =
+        url::Url::parse(url).with_context(|| format!("invalid {}", env::LEDGER_URL))?;
     parsed
         .set_password(Some(password.trim()))
         .map_err(|()| anyhow::anyhow!("{} cannot carry a password", env::LEDGER_URL))?;

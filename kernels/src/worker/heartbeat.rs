@@ -65,14 +65,18 @@ impl Heartbeats {
 }
 
 fn beat_until_stopped(config: WorkerConfig, held: Held, stopped: mpsc::Receiver<()>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             warn!(error = %error, "failed to start the heartbeat runtime; leases will expire");
             return;
         }
     };
-    let ledger = match runtime.block_on(Ledger::connect(&config.ledger_url, &config.ledger_prefix)) {
+    let ledger = match runtime.block_on(Ledger::connect(&config.ledger_url, &config.ledger_prefix))
+    {
         Ok(ledger) => ledger,
         Err(error) => {
             warn!(error = %error, "heartbeat thread failed to connect; leases will expire");
@@ -88,8 +92,15 @@ fn beat_until_stopped(config: WorkerConfig, held: Held, stopped: mpsc::Receiver<
             Err(RecvTimeoutError::Timeout) => {}
         }
         let current = held.lock().expect("heartbeat state lock").clone();
-        let task = current.as_ref().map(|(task_id, attempt)| (task_id.as_str(), *attempt));
-        let beat = runtime.block_on(ledger.heartbeat(&config.job_id, &config.worker_id, config.lease, task));
+        let task = current
+            .as_ref()
+            .map(|(task_id, attempt)| (task_id.as_str(), *attempt));
+        let beat = runtime.block_on(ledger.heartbeat(
+            &config.job_id,
+            &config.worker_id,
+            config.lease,
+            task,
+        ));
 
         match beat {
             Ok(Heartbeat::Lost) => {
@@ -101,7 +112,9 @@ fn beat_until_stopped(config: WorkerConfig, held: Held, stopped: mpsc::Receiver<
                 }
             }
             Ok(outcome) => debug!(job_id = %config.job_id, outcome = ?outcome, "heartbeat"),
-            Err(error) => warn!(job_id = %config.job_id, error = %error, "heartbeat failed; retrying next interval"),
+            Err(error) => {
+                warn!(job_id = %config.job_id, error = %error, "heartbeat failed; retrying next interval")
+            }
         }
     }
 }

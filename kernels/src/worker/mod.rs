@@ -52,9 +52,19 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<i32> {
         Ok(model_dir) => {
             let Kernel::Embed { max_seq_len } = manifest.kernel;
             let device = tch::Device::cuda_if_available();
-            let embed = EmbedModel::load(&model_dir, device, max_seq_len as usize)
-                .with_context(|| format!("failed to load the model from {}", model_dir.display()))?;
-            run_tasks(&config, &ledger, &manifest, Some(&embed), &heartbeats, &stop).await
+            let embed =
+                EmbedModel::load(&model_dir, device, max_seq_len as usize).with_context(|| {
+                    format!("failed to load the model from {}", model_dir.display())
+                })?;
+            run_tasks(
+                &config,
+                &ledger,
+                &manifest,
+                Some(&embed),
+                &heartbeats,
+                &stop,
+            )
+            .await
         }
         Err(error) if error.is_data_error() => {
             // A model that does not match its digest makes every task of the job fail,
@@ -84,7 +94,10 @@ async fn run_tasks(
     let mut tasks_run = 0u64;
 
     while !stop.load(Ordering::Relaxed) {
-        let Some(lease) = ledger.lease(&config.job_id, &config.worker_id, config.lease).await? else {
+        let Some(lease) = ledger
+            .lease(&config.job_id, &config.worker_id, config.lease)
+            .await?
+        else {
             break;
         };
         heartbeats.hold(&lease.task_id, lease.attempt);
@@ -122,7 +135,14 @@ async fn report_failure(
     };
     let reason = error.to_string();
     let state = ledger
-        .fail(&config.job_id, task_id, &config.worker_id, attempt, kind, &reason)
+        .fail(
+            &config.job_id,
+            task_id,
+            &config.worker_id,
+            attempt,
+            kind,
+            &reason,
+        )
         .await?;
     warn!(
         job_id = %config.job_id,
@@ -153,7 +173,8 @@ fn check_worker_digest(manifest: &Manifest) -> anyhow::Result<()> {
 /// Computes the SHA-256 of the running executable.
 pub fn own_digest() -> anyhow::Result<spillway_common::digest::Sha256Hex> {
     let path = std::env::current_exe().context("failed to locate the worker executable")?;
-    let bytes = std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
     Ok(spillway_common::digest::Sha256Hex::of(&bytes))
 }
 
@@ -178,8 +199,10 @@ pub fn run_identity(
 fn watch_signals(stop: Arc<AtomicBool>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             warn!("failed to install signal handlers; SIGTERM will end the worker at once");
             return;
         };

@@ -69,7 +69,11 @@ pub async fn fetch(manifest: &Manifest, config: &WorkerConfig) -> Result<PathBuf
     write_cache(config, &actual, &files)
 }
 
-fn write_cache(config: &WorkerConfig, digest: &Sha256Hex, files: &[Bytes]) -> Result<PathBuf, ModelError> {
+fn write_cache(
+    config: &WorkerConfig,
+    digest: &Sha256Hex,
+    files: &[Bytes],
+) -> Result<PathBuf, ModelError> {
     let dir = config.cache_dir.join("models").join(digest.as_str());
     if dir.exists() {
         return Ok(dir);
@@ -78,7 +82,11 @@ fn write_cache(config: &WorkerConfig, digest: &Sha256Hex, files: &[Bytes]) -> Re
 
     // Write into a private folder and rename it, so a crash never leaves a partial model
     // under the digest's name.
-    let staging = config.cache_dir.join("models").join(format!(".{}-{}", digest, std::process::id()));
+    let staging =
+        config
+            .cache_dir
+            .join("models")
+            .join(format!(".{}-{}", digest, std::process::id()));
     std::fs::create_dir_all(&staging).map_err(cache_error(staging.clone()))?;
     for (name, bytes) in MODEL_FILES.iter().zip(files) {
         let path = staging.join(name);

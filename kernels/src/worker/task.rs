@@ -26,10 +26,21 @@ pub enum TaskError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("invalid record at line {line} of {uri}: {reason}")]
-    Record { uri: String, line: u64, reason: String },
+    Record {
+        uri: String,
+        line: u64,
+        reason: String,
+    },
     #[error("shard {uri} has {found} records, but the task needs records {first}..{end}")]
-    ShortShard { uri: String, found: u64, first: u64, end: u64 },
-    #[error("model verification failed, so no task of this job can run; check model.uri and model.sha256")]
+    ShortShard {
+        uri: String,
+        found: u64,
+        first: u64,
+        end: u64,
+    },
+    #[error(
+        "model verification failed, so no task of this job can run; check model.uri and model.sha256"
+    )]
     ModelUnavailable,
     #[error("kernel failed: {0}")]
     Kernel(String),
@@ -42,7 +53,9 @@ impl TaskError {
     pub fn is_data_error(&self) -> bool {
         match self {
             TaskError::Store(error) => error.is_data_error(),
-            TaskError::Record { .. } | TaskError::ShortShard { .. } | TaskError::ModelUnavailable => true,
+            TaskError::Record { .. }
+            | TaskError::ShortShard { .. }
+            | TaskError::ModelUnavailable => true,
             TaskError::Kernel(_) | TaskError::Ledger(_) => false,
         }
     }
@@ -90,18 +103,28 @@ impl<'a> TaskContext<'a> {
 
         let (exit_status, error) = match &outcome {
             Ok(_) => (ExitStatus::Succeeded, None),
-            Err(error) if error.is_data_error() => (ExitStatus::DataError, Some(error_chain(error))),
+            Err(error) if error.is_data_error() => {
+                (ExitStatus::DataError, Some(error_chain(error)))
+            }
             Err(error) => (ExitStatus::Retryable, Some(error_chain(error))),
         };
         let written = outcome.as_ref().ok().cloned();
-        let envelope = self.envelope(lease, started_at, runtime_secs, exit_status, error, written.as_ref());
+        let envelope = self.envelope(
+            lease,
+            started_at,
+            runtime_secs,
+            exit_status,
+            error,
+            written.as_ref(),
+        );
         self.put_envelope(lease, &envelope).await;
 
         let completion = match written {
             Some(written) => Some(self.complete(lease, &written).await?),
             None => None,
         };
-        self.observe(lease, runtime_secs, exit_status, completion).await;
+        self.observe(lease, runtime_secs, exit_status, completion)
+            .await;
 
         match outcome {
             Ok(_) => Ok(()),
@@ -111,13 +134,22 @@ impl<'a> TaskContext<'a> {
 
     async fn execute(&mut self, lease: &Lease) -> Result<Written, TaskError> {
         let embed = self.embed.ok_or(TaskError::ModelUnavailable)?;
-        let shard = self.shard(&lease.spec.shard.uri, &lease.spec.shard.sha256).await?;
-        let records = select_records(&shard, &lease.spec.shard.uri, lease.spec.first_record, lease.spec.records)?;
+        let shard = self
+            .shard(&lease.spec.shard.uri, &lease.spec.shard.sha256)
+            .await?;
+        let records = select_records(
+            &shard,
+            &lease.spec.shard.uri,
+            lease.spec.first_record,
+            lease.spec.records,
+        )?;
 
         let texts: Vec<&str> = records.iter().map(|record| record.text.as_str()).collect();
         let mut values = Vec::with_capacity(texts.len() * embed.dimension());
         for batch in texts.chunks(FORWARD_BATCH) {
-            let tensor = embed.embed(batch).map_err(|error| TaskError::Kernel(error.to_string()))?;
+            let tensor = embed
+                .embed(batch)
+                .map_err(|error| TaskError::Kernel(error.to_string()))?;
             let flat: Vec<f32> = Vec::<f32>::try_from(tensor.flatten(0, -1))
                 .map_err(|error| TaskError::Kernel(error.to_string()))?;
             values.extend(flat);
@@ -129,7 +161,10 @@ impl<'a> TaskContext<'a> {
         };
 
         let bytes = block
-            .encode(&[("job_id", self.config.job_id.clone()), ("task_id", lease.task_id.clone())])
+            .encode(&[
+                ("job_id", self.config.job_id.clone()),
+                ("task_id", lease.task_id.clone()),
+            ])
             .map_err(|error| TaskError::Kernel(error.to_string()))?;
         self.put_result(lease, Bytes::from(bytes)).await
     }
@@ -165,7 +200,13 @@ impl<'a> TaskContext<'a> {
     async fn complete(&self, lease: &Lease, written: &Written) -> Result<Completion, TaskError> {
         let completion = self
             .ledger
-            .complete(&self.config.job_id, &lease.task_id, &self.config.worker_id, lease.attempt, &written.uri)
+            .complete(
+                &self.config.job_id,
+                &lease.task_id,
+                &self.config.worker_id,
+                lease.attempt,
+                &written.uri,
+            )
             .await?;
         if completion == Completion::Duplicate {
             debug!(job_id = %self.config.job_id, task_id = %lease.task_id, "duplicate completion suppressed");
@@ -211,14 +252,25 @@ impl<'a> TaskContext<'a> {
     /// Writes the attempt's envelope. A failed write is logged and does not fail the
     /// task, because the result is already safe and the reconciler reports the gap.
     async fn put_envelope(&self, lease: &Lease, envelope: &TaskEnvelope) {
-        let uri = layout::envelope_uri(&self.manifest.output, &self.config.job_id, &lease.task_id, lease.attempt);
+        let uri = layout::envelope_uri(
+            &self.manifest.output,
+            &self.config.job_id,
+            &lease.task_id,
+            lease.attempt,
+        );
         let json = serde_json::to_vec_pretty(envelope).expect("envelope serializes");
         if let Err(error) = store::put_create(&uri, Bytes::from(json)).await {
             warn!(job_id = %self.config.job_id, task_id = %lease.task_id, uri, error = %error, "failed to write envelope");
         }
     }
 
-    async fn observe(&self, lease: &Lease, runtime_secs: f64, status: ExitStatus, completion: Option<Completion>) {
+    async fn observe(
+        &self,
+        lease: &Lease,
+        runtime_secs: f64,
+        status: ExitStatus,
+        completion: Option<Completion>,
+    ) {
         let outcome = match (status, completion) {
             (_, Some(Completion::Duplicate)) => "duplicate",
             (ExitStatus::Succeeded, _) => "succeeded",
@@ -249,7 +301,12 @@ struct Written {
 }
 
 /// Parses lines `first..first + count` of a JSONL shard.
-fn select_records(shard: &[u8], uri: &str, first: u64, count: u64) -> Result<Vec<Record>, TaskError> {
+fn select_records(
+    shard: &[u8],
+    uri: &str,
+    first: u64,
+    count: u64,
+) -> Result<Vec<Record>, TaskError> {
     let mut records = Vec::with_capacity(count as usize);
     let end = first + count;
     let lines = shard
@@ -266,7 +323,9 @@ fn select_records(shard: &[u8], uri: &str, first: u64, count: u64) -> Result<Vec
         let record: Record = serde_json::from_slice(line).map_err(|error| TaskError::Record {
             uri: uri.to_string(),
             line: line_number + 1,
-            reason: format!("{error}; each line must be a JSON object with string fields `id` and `text`"),
+            reason: format!(
+                "{error}; each line must be a JSON object with string fields `id` and `text`"
+            ),
         })?;
         records.push(record);
     }

@@ -1,7 +1,7 @@
 //! Reading the manifest bytes into a JSON value, with errors for syntax and for keys
 //! that appear twice in one object.
 //!
-//! `serde_json::Value` keeps the last of two equal keys without a word, while the typed
+//! `serde_json::Value` silently keeps the last of two equal keys, while the typed
 //! `Manifest` rejects them, so the value is built by a visitor that records duplicates.
 
 use std::cell::RefCell;
@@ -43,7 +43,7 @@ fn syntax_error(bytes: &[u8], error: &serde_json::Error) -> ManifestError {
         )
     } else {
         format!(
-            "correct the JSON near line {line}, column {column}; `python3 -m json.tool FILE` shows the same kind of error"
+            "correct the JSON near line {line}, column {column}. `python3 -m json.tool FILE` also reports the first syntax error with its position"
         )
     };
     ManifestError {
@@ -60,8 +60,8 @@ fn excerpt(bytes: &[u8], line: usize, column: usize) -> String {
     let Some(line_text) = text.split('\n').nth(line.saturating_sub(1)) else {
         return String::new();
     };
-    // serde_json counts columns in bytes; the lossy text may differ slightly after an
-    // invalid UTF-8 sequence, which only shifts the excerpt.
+    // serde_json counts columns in bytes. After an invalid UTF-8 sequence the lossy text
+    // has different byte offsets, which only shifts the excerpt.
     let end = floor_char_boundary(line_text, column.saturating_add(20));
     let start = floor_char_boundary(line_text, end.saturating_sub(60));
     shorten_text(line_text[start..end].trim())

@@ -50,8 +50,8 @@ pub(super) fn job_name(name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Checks a SHA-256 digest as [`Sha256Hex`] reads it; `source` completes "… of" in the
-/// fix, such as "the shard file".
+/// Checks a SHA-256 digest as [`Sha256Hex`] reads it. `source` names what was hashed
+/// in the fix, such as "the shard file".
 pub(super) fn sha256(text: &str, source: &str) -> Result<(), Invalid> {
     let problem = match Sha256Hex::parse(text) {
         Ok(_) => return Ok(()),
@@ -68,14 +68,14 @@ pub(super) fn sha256(text: &str, source: &str) -> Result<(), Invalid> {
     ))
 }
 
-/// What a storage URI must point at.
+/// The kind of location that a storage URI must name.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum UriKind {
     /// A directory, written with a trailing `/`.
     Directory,
     /// One object or file, written without a trailing `/`.
     File,
-    /// A prefix under which objects are written; a trailing `/` is optional.
+    /// A prefix under which objects are written. A trailing `/` is optional.
     Prefix,
 }
 
@@ -99,13 +99,13 @@ pub(super) fn storage_uri(text: &str, kind: UriKind) -> Result<Url, Invalid> {
         return Err(Invalid::new(
             format!("unsupported URI scheme `{scheme}`"),
             format!(
-                "use a URI with one of the schemes {}; copy the data to such a store first",
+                "use a URI with one of the schemes {}, after copying the data to such a store if needed",
                 list_names(SUPPORTED_SCHEMES)
             ),
         ));
     }
-    // `Url` also reads `file:/a` and `s3:bucket/a`, which look like relative paths to
-    // object_store and to people; require the `scheme://` form.
+    // `Url` also reads `file:/a` and `s3:bucket/a`, which people read as relative paths.
+    // Only the `scheme://` form is accepted.
     let written_scheme = text.get(..scheme.len() + 3).unwrap_or_default();
     if !written_scheme.eq_ignore_ascii_case(&format!("{scheme}://")) {
         return Err(Invalid::new(
@@ -220,7 +220,7 @@ fn unpinned_image(text: &str) -> Invalid {
     Invalid::new(
         "invalid image: it is not pinned by digest, and a tag can later point at a different build",
         format!(
-            "pin it by digest as {}@sha256:<64 hex>; `docker buildx imagetools inspect {}` prints the digest",
+            "pin it by digest as {}@sha256:<64 hex>. `docker buildx imagetools inspect {}` prints the digest",
             shorten_text(repository),
             shorten_text(text)
         ),
@@ -311,8 +311,8 @@ fn is_lower_alphanumeric(byte: u8) -> bool {
     byte.is_ascii_lowercase() || byte.is_ascii_digit()
 }
 
-/// Checks an RFC 3339 time with an offset. A time in the past is accepted: clocks of
-/// the submitter and the daemon can differ, so the daemon judges lateness.
+/// Checks an RFC 3339 time with an offset. A time in the past is accepted because the
+/// clocks of the submitter and the daemon can differ, so the daemon judges lateness.
 pub(super) fn deadline(text: &str) -> Result<(), Invalid> {
     match OffsetDateTime::parse(text, &Rfc3339) {
         Ok(_) => Ok(()),

@@ -347,7 +347,7 @@ fn check_shard(
                             "duplicate input: the same file as `{}`",
                             field_path(&index_path("inputs", *first), "uri")
                         ),
-                        "list each shard once; remove this entry or point it at another file",
+                        "list each shard once: remove this entry or point it at another file",
                     );
                 } else {
                     first_index_of_uri.insert(url.to_string(), index);
@@ -408,8 +408,9 @@ fn task_count(shard_records: &[u64], records_per_task: u64) -> u64 {
         .fold(0, u64::saturating_add)
 }
 
-/// Binary search for the smallest `records_per_task` in `low..=high` that keeps the task
-/// count within the limit; the count never grows as `records_per_task` grows.
+/// Finds the smallest `records_per_task` in `low..=high` that keeps the task count
+/// within the limit. Binary search works because the count never grows as
+/// `records_per_task` grows.
 fn smallest_records_per_task(shard_records: &[u64], mut low: u64, mut high: u64) -> u64 {
     while low < high {
         let middle = low + (high - low) / 2;

@@ -12,10 +12,10 @@ use serde_json::{Map, Value};
 
 use super::ManifestError;
 
-/// Longest rendering of a rejected value in an error, in characters.
+/// Maximum length of a rejected value as shown in an error, in characters.
 const MAX_VALUE_CHARS: usize = 80;
 
-/// Most errors kept for one manifest. A 4 MiB document of malformed shards could
+/// Maximum number of errors kept for one manifest. A 4 MiB document of malformed shards could
 /// otherwise produce millions of errors and hundreds of megabytes of text.
 pub(super) const MAX_REPORTED_ERRORS: usize = 1000;
 
@@ -104,7 +104,7 @@ impl Report {
                 path: String::new(),
                 value: String::new(),
                 problem: format!(
-                    "{} more errors are not listed; only the first {MAX_REPORTED_ERRORS} are",
+                    "{} more errors are not listed, because only the first {MAX_REPORTED_ERRORS} are kept",
                     self.omitted
                 ),
                 fix: "correct the errors listed above and validate the manifest again".to_owned(),
@@ -150,9 +150,9 @@ impl io::Write for BoundedBuffer {
         if room == 0 {
             return Err(io::Error::other("value rendering is long enough"));
         }
-        let taken = buf.len().min(room);
-        self.bytes.extend_from_slice(&buf[..taken]);
-        Ok(taken)
+        let accepted = buf.len().min(room);
+        self.bytes.extend_from_slice(&buf[..accepted]);
+        Ok(accepted)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -248,7 +248,8 @@ pub(super) struct Object<'a> {
 
 impl<'a> Object<'a> {
     /// Checks that `value` is an object and that its keys match `fields`. Returns `None`
-    /// when `value` is not an object; `expects` completes "set `path` to …" in that fix.
+    /// when `value` is not an object, and `expects` then completes "set `path` to …" in
+    /// the fix.
     pub fn open(
         report: &mut Report,
         path: &str,
@@ -296,7 +297,7 @@ impl<'a> Object<'a> {
                 Some(value),
                 format!("unknown field `{key}`"),
                 format!(
-                    "{hint}; fields allowed {place}: {}",
+                    "{hint}. Fields allowed {place}: {}",
                     list_names(allowed.iter().copied())
                 ),
             );
@@ -325,8 +326,8 @@ impl<'a> Object<'a> {
     }
 
     /// Returns the value of field `name`. An optional field set to `null` counts as
-    /// absent, as it does for serde's `Option` fields; a required field's `null` is
-    /// returned so that its type check rejects it.
+    /// absent, as serde treats `Option` fields. A required field's `null` is returned,
+    /// so that its type check rejects it.
     pub fn get(&self, name: &str) -> Option<&'a Value> {
         let value = self.map.get(name)?;
         if value.is_null() && !self.field(name).required {
