@@ -49,6 +49,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Validate the configuration and probe Redis, the intake stream, the worker binary
+    /// and the folders it names.
+    CheckConfig,
     /// Validate a manifest file without sending it.
     Validate { file: PathBuf },
 }

@@ -9,6 +9,7 @@ mod intake;
 mod metrics;
 mod reconcile;
 mod reduce;
+mod service;
 
 use std::process::ExitCode;
 
@@ -42,7 +43,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::load(&cli.config)?;
     match cli.command {
-        Command::Serve => commands::serve::run(config).await,
+        Command::Serve => commands::serve::run(config, cli.config.clone()).await,
         Command::Submit { file, no_validate } => {
             commands::submit::run(&config, &file, !no_validate).await
         }
@@ -54,6 +55,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let ledger = connect(&config).await?;
             commands::results::run(&ledger, &job, json).await
         }
+        Command::CheckConfig => commands::check_config::run(&config).await,
         Command::Validate { .. } => unreachable!("handled above"),
     }
 }
@@ -69,7 +71,8 @@ fn init_logging() {
     let json = std::env::var("SPILLWAY_LOG_FORMAT").is_ok_and(|format| format == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {

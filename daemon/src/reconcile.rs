@@ -34,7 +34,13 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// Runs passes every `interval` until `shutdown`.
+    /// Runs passes every `interval` until `shutdown`, pinging the systemd watchdog
+    /// after each pass, so a wedged pass stops the pings.
     pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
+        let mut watchdog = crate::service::Watchdog::from_env();
+        let interval = watchdog
+            .max_sleep()
+            .map_or(interval, |max| interval.min(max));
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !shutdown.is_cancelled() {
@@ -45,6 +51,7 @@ impl Reconciler {
             if let Err(error) = self.pass().await {
                 warn!(error = %error_chain(error.as_ref()), "reconcile pass failed; retrying next interval");
             }
+            watchdog.ping();
         }
         info!("reconcile loop stopped");
     }

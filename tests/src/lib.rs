@@ -261,6 +261,7 @@ pub struct DaemonOptions {
     pub lease_secs: u64,
     pub max_workers: u32,
     pub claim_idle_secs: u64,
+    pub max_deliveries: u64,
 }
 
 impl Default for DaemonOptions {
@@ -269,6 +270,7 @@ impl Default for DaemonOptions {
             lease_secs: 30,
             max_workers: 2,
             claim_idle_secs: 60,
+            max_deliveries: 5,
         }
     }
 }
@@ -279,12 +281,13 @@ impl Daemon {
         let metrics_port = free_port()?;
         let config = format!(
             "[ledger]\nurl = \"{url}\"\nprefix = \"spillway\"\n\n\
-             [intake.redis_stream]\nclaim_idle_secs = {claim}\n\n\
+             [intake.redis_stream]\nclaim_idle_secs = {claim}\nmax_deliveries = {deliveries}\n\n\
              [daemon]\nreconcile_interval_secs = 0.3\nlease_secs = {lease}\nmetrics_listen = \"127.0.0.1:{metrics}\"\nshutdown_timeout_secs = 5\n\n\
              [backend.local]\nworker_binary = \"{worker}\"\nmax_workers = {workers}\nthreads_per_worker = 1\n\
              cache_dir = \"{cache}\"\nlog_dir = \"{logs}\"\n",
             url = redis.url(),
             claim = options.claim_idle_secs,
+            deliveries = options.max_deliveries,
             lease = options.lease_secs,
             metrics = metrics_port,
             worker = binary("spillway-worker").display(),
@@ -337,6 +340,39 @@ impl Daemon {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`) to the daemon.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `timeout` for the daemon to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Polls the log until it contains `text` or `timeout` passes.
+    pub fn wait_log(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 }
 

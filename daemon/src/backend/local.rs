@@ -18,7 +18,8 @@ pub struct LocalBackend {
     config: LocalBackendConfig,
     ledger_url: String,
     ledger_prefix: String,
-    lease_secs: u64,
+    /// Settings that a configuration reload may change while workers run.
+    settings: std::sync::RwLock<Settings>,
     /// SHA-256 of the configured worker binary, checked against manifests at admission.
     worker_digest: Sha256Hex,
     state: Mutex<State>,
@@ -28,6 +29,14 @@ pub struct LocalBackend {
 /// job whose workers cannot start (a replaced binary, a broken install) does not
 /// restart them forever. A daemon restart clears the count.
 const MAX_FAILED_EXITS: u32 = 5;
+
+/// Settings applied to workers started after a reload; running workers keep theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub max_workers: u32,
+    pub threads_per_worker: u32,
+    pub lease_secs: u64,
+}
 
 #[derive(Default)]
 struct State {
@@ -54,12 +63,17 @@ impl LocalBackend {
                 binary.display()
             )
         })?;
+        let settings = Settings {
+            max_workers: config.max_workers,
+            threads_per_worker: config.threads_per_worker,
+            lease_secs,
+        };
         Ok(Self {
             worker_digest: Sha256Hex::of(&bytes),
             config,
             ledger_url,
             ledger_prefix,
-            lease_secs,
+            settings: std::sync::RwLock::new(settings),
             state: Mutex::default(),
         })
     }
@@ -68,7 +82,17 @@ impl LocalBackend {
         &self.worker_digest
     }
 
+    pub fn settings(&self) -> Settings {
+        *self.settings.read().expect("settings lock")
+    }
+
+    /// Replaces the reloadable settings; workers started from now on use them.
+    pub fn apply(&self, settings: Settings) {
+        *self.settings.write().expect("settings lock") = settings;
+    }
+
     fn command(&self, job_id: &str, launch_id: &str, index: u32) -> std::io::Result<Command> {
+        let settings = self.settings();
         let mut command = Command::new(&self.config.worker_binary);
         command
             .arg("run")
@@ -79,11 +103,15 @@ impl LocalBackend {
             .env(env::LEDGER_URL, &self.ledger_url)
             .env(env::LEDGER_PREFIX, &self.ledger_prefix)
             .env(env::CACHE_DIR, &self.config.cache_dir)
-            .env(env::LEASE_SECS, self.lease_secs.to_string())
+            .env(env::LEASE_SECS, settings.lease_secs.to_string())
             .env(env::GPU_SKU, &self.config.gpu_sku)
+            // Workers must not talk to systemd in the daemon's name.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null());
-        if self.config.threads_per_worker > 0 {
-            command.env(env::THREADS, self.config.threads_per_worker.to_string());
+        if settings.threads_per_worker > 0 {
+            command.env(env::THREADS, settings.threads_per_worker.to_string());
         }
 
         std::fs::create_dir_all(&self.config.log_dir)?;

@@ -1,5 +1,6 @@
 //! One module per CLI command.
 
+pub mod check_config;
 pub mod results;
 pub mod serve;
 pub mod status;

@@ -1,34 +1,41 @@
 //! `spillway serve`: the daemon. Runs the intake loop, the reconcile loop and the
-//! metrics endpoint until SIGTERM or SIGINT; a second signal exits at once.
+//! metrics endpoint. SIGHUP reloads the configuration; SIGTERM or SIGINT stops intake
+//! and drains within `daemon.shutdown_timeout_secs`, and a second signal exits at
+//! once. Workers are separate processes: they keep their leases and finish on their
+//! own.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use spillway_common::ledger::Ledger;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::admission::{Admitter, run_intake};
 use crate::backend::Backend;
-use crate::backend::local::LocalBackend;
+use crate::backend::local::{LocalBackend, Settings};
 use crate::config::Config;
 use crate::intake::redis_stream::RedisStreamSource;
 use crate::metrics::{self, Metrics, QueueLabels};
 use crate::reconcile::Reconciler;
+use crate::service;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let url = config.ledger_url()?;
     let ledger = Ledger::connect(&url, &config.ledger.prefix).await?;
     let daemon_id = format!("{}-{}", hostname(), std::process::id());
 
-    let local = LocalBackend::new(
+    let local = Arc::new(LocalBackend::new(
         config.backend.local.clone(),
         url.clone(),
         config.ledger.prefix.clone(),
         config.daemon.lease_secs,
-    )?;
+    )?);
     info!(
         backend = "local",
         worker_binary = %config.backend.local.worker_binary.display(),
@@ -36,7 +43,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_workers = config.backend.local.max_workers,
         "backend ready"
     );
-    let backend: Arc<dyn Backend> = Arc::new(local);
+    let backend: Arc<dyn Backend> = local.clone();
 
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
@@ -68,7 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ledger,
         backend,
         metrics: metrics.clone(),
-        daemon_id,
+        daemon_id: daemon_id.clone(),
     };
     let interval = Duration::from_secs_f64(config.daemon.reconcile_interval_secs);
     tasks.spawn(reconciler.run(interval, shutdown.clone()));
@@ -85,19 +92,116 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
-    info!(daemon_id = %format!("{}-{}", hostname(), std::process::id()), "daemon started");
-    wait_for_signal().await?;
-    info!("stop requested; draining (a second signal exits at once)");
-    shutdown.cancel();
+    info!(daemon_id, "daemon started");
+    service::ready();
+    let mut current = config;
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => break,
+            event = signals.next() => event,
+        };
+        match event {
+            SignalEvent::Stop => break,
+            SignalEvent::Reload => current = reload(&config_path, current, &local),
+        }
+    }
 
-    let deadline = Duration::from_secs(config.daemon.shutdown_timeout_secs);
+    info!("stop requested; draining (a second signal exits at once)");
+    service::stopping();
+    shutdown.cancel();
+    let deadline = Duration::from_secs(current.daemon.shutdown_timeout_secs);
     tokio::select! {
         () = drain(&mut tasks) => info!("daemon stopped"),
         () = tokio::time::sleep(deadline) => warn!(timeout_secs = deadline.as_secs(), "drain timed out; exiting"),
-        _ = wait_for_signal() => warn!("second signal; exiting at once"),
+        () = signals.stop() => warn!("second signal; exiting at once"),
     }
-    // Workers are separate processes and keep their leases; they finish on their own.
     Ok(())
+}
+
+/// Loads the configuration again and applies what can change while running. A file
+/// that does not load or validate is rejected and the running configuration stays.
+fn reload(path: &std::path::Path, current: Config, local: &LocalBackend) -> Config {
+    service::reloading();
+    let next = match Config::load(path) {
+        Ok(next) => next,
+        Err(error) => {
+            error!(path = %path.display(), error = %format!("{error:#}"), "reload rejected; keeping the running configuration");
+            service::ready();
+            return current;
+        }
+    };
+
+    let settings = Settings {
+        max_workers: next.backend.local.max_workers,
+        threads_per_worker: next.backend.local.threads_per_worker,
+        lease_secs: next.daemon.lease_secs,
+    };
+    local.apply(settings);
+    let restart_keys = keys_needing_restart(&current, &next);
+    if !restart_keys.is_empty() {
+        warn!(keys = ?restart_keys, "these changed keys take effect only after a restart");
+    }
+    info!(
+        max_workers = settings.max_workers,
+        threads_per_worker = settings.threads_per_worker,
+        lease_secs = settings.lease_secs,
+        "configuration reloaded"
+    );
+    service::ready();
+
+    // Keep the running values of keys that a reload cannot change, so that the
+    // warning above repeats on every reload until the daemon restarts.
+    Config {
+        backend: crate::config::BackendConfig {
+            local: crate::config::LocalBackendConfig {
+                max_workers: next.backend.local.max_workers,
+                threads_per_worker: next.backend.local.threads_per_worker,
+                ..current.backend.local.clone()
+            },
+        },
+        daemon: crate::config::DaemonConfig {
+            lease_secs: next.daemon.lease_secs,
+            shutdown_timeout_secs: next.daemon.shutdown_timeout_secs,
+            ..current.daemon.clone()
+        },
+        ..current
+    }
+}
+
+/// Lists keys whose new value needs a restart.
+fn keys_needing_restart(current: &Config, next: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut changed = |key, differs: bool| {
+        if differs {
+            keys.push(key);
+        }
+    };
+    changed(
+        "ledger",
+        format!("{:?}", current.ledger) != format!("{:?}", next.ledger),
+    );
+    changed(
+        "intake",
+        format!("{:?}", current.intake) != format!("{:?}", next.intake),
+    );
+    changed(
+        "daemon.metrics_listen",
+        current.daemon.metrics_listen != next.daemon.metrics_listen,
+    );
+    changed(
+        "daemon.reconcile_interval_secs",
+        current.daemon.reconcile_interval_secs != next.daemon.reconcile_interval_secs,
+    );
+    let (old, new) = (&current.backend.local, &next.backend.local);
+    changed(
+        "backend.local.worker_binary",
+        old.worker_binary != new.worker_binary,
+    );
+    changed("backend.local.cache_dir", old.cache_dir != new.cache_dir);
+    changed("backend.local.log_dir", old.log_dir != new.log_dir);
+    changed("backend.local.gpu_sku", old.gpu_sku != new.gpu_sku);
+    changed("backend.local.enabled", old.enabled != new.enabled);
+    keys
 }
 
 async fn drain(tasks: &mut JoinSet<()>) {
@@ -108,17 +212,42 @@ async fn drain(tasks: &mut JoinSet<()>) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term =
-        signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
-    let mut int =
-        signal(SignalKind::interrupt()).context("failed to install the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals the daemon handles, installed before any connection is made so that
+/// an early SIGTERM is not lost.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())
+                .context("failed to install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("failed to install the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("failed to install the SIGHUP handler")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) -> SignalEvent {
+        tokio::select! {
+            _ = self.term.recv() => SignalEvent::Stop,
+            _ = self.int.recv() => SignalEvent::Stop,
+            _ = self.hup.recv() => SignalEvent::Reload,
+        }
+    }
+
+    /// Waits for the next SIGTERM or SIGINT; a SIGHUP during the drain is ignored.
+    async fn stop(&mut self) {
+        while self.next().await != SignalEvent::Stop {}
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SignalEvent {
+    Stop,
+    Reload,
 }
 
 /// Samples the intake backlog for the metrics endpoint every few seconds.

@@ -16,7 +16,11 @@ pub async fn run(
     let Some(job_id) = job_id else {
         return list(ledger, json).await;
     };
-    let job = read(ledger, job_id).await?;
+    let job = if watch {
+        wait_admitted(ledger, job_id).await?
+    } else {
+        read(ledger, job_id).await?
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&without_manifest(job))?);
         return Ok(());
@@ -32,6 +36,26 @@ async fn read(ledger: &Ledger, job_id: &str) -> anyhow::Result<JobRecord> {
     ledger.job(job_id).await?.with_context(|| {
         format!("job {job_id} not found in the ledger; check the id that `spillway submit` printed")
     })
+}
+
+/// Time `status --watch` waits for a just-submitted job to appear in the ledger.
+const ADMISSION_WAIT: Duration = Duration::from_secs(60);
+
+async fn wait_admitted(ledger: &Ledger, job_id: &str) -> anyhow::Result<JobRecord> {
+    let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
+    loop {
+        if let Some(job) = ledger.job(job_id).await? {
+            return Ok(job);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "job {job_id} is not in the ledger after {} s; check that `spillway serve` is running \
+                 and read the dead-letter stream if the manifest was rejected",
+                ADMISSION_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn watch_job(ledger: &Ledger, mut job: JobRecord) -> anyhow::Result<()> {

@@ -1,0 +1,123 @@
+//! `spillway check-config`: validate the configuration, then probe what it points at.
+
+use std::time::Duration;
+
+use spillway_common::digest::Sha256Hex;
+use spillway_common::ledger::redact_password;
+
+use crate::config::Config;
+
+/// Time allowed for each network probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prints one line per check and fails when any check failed.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let mut failures = 0;
+    let mut report = |name: &str, outcome: Result<String, String>| match outcome {
+        Ok(detail) => println!("ok      {name}: {detail}"),
+        Err(reason) => {
+            failures += 1;
+            println!("FAILED  {name}: {reason}");
+        }
+    };
+
+    report("configuration", Ok("valid".into()));
+    report("ledger", probe_redis(config).await);
+    if config.intake.redis_stream.enabled {
+        report("intake.redis_stream", probe_stream(config).await);
+    }
+    if config.backend.local.enabled {
+        report("backend.local.worker_binary", probe_worker(config));
+        report(
+            "backend.local.log_dir",
+            probe_dir(&config.backend.local.log_dir),
+        );
+        report(
+            "backend.local.cache_dir",
+            probe_dir(&config.backend.local.cache_dir),
+        );
+    }
+    if !config.daemon.metrics_listen.is_empty() {
+        report(
+            "daemon.metrics_listen",
+            probe_listen(&config.daemon.metrics_listen).await,
+        );
+    }
+
+    if failures > 0 {
+        anyhow::bail!("{failures} check(s) failed");
+    }
+    Ok(())
+}
+
+async fn connect(config: &Config) -> Result<redis::aio::MultiplexedConnection, String> {
+    let url = config.ledger_url().map_err(|error| format!("{error:#}"))?;
+    let client = redis::Client::open(url.as_str()).map_err(|error| error.to_string())?;
+    let connecting = client.get_multiplexed_async_connection();
+    match tokio::time::timeout(PROBE_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(error)) => Err(format!(
+            "failed to connect to {}: {error}",
+            redact_password(&url)
+        )),
+        Err(_) => Err(format!("connecting to {} timed out", redact_password(&url))),
+    }
+}
+
+async fn probe_redis(config: &Config) -> Result<String, String> {
+    let mut conn = connect(config).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .map_err(|error| format!("INFO failed: {error}"))?;
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .unwrap_or("unknown");
+    Ok(format!("reachable, Redis {version}"))
+}
+
+async fn probe_stream(config: &Config) -> Result<String, String> {
+    let mut conn = connect(config).await?;
+    let stream = &config.intake.redis_stream.stream;
+    let length: u64 = redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(&mut conn)
+        .await
+        .map_err(|error| format!("XLEN {stream} failed: {error}"))?;
+    Ok(format!("{stream} has {length} entries"))
+}
+
+fn probe_worker(config: &Config) -> Result<String, String> {
+    let path = &config.backend.local.worker_binary;
+    let bytes =
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    Ok(format!(
+        "{} sha256:{}",
+        path.display(),
+        Sha256Hex::of(&bytes)
+    ))
+}
+
+fn probe_dir(path: &std::path::Path) -> Result<String, String> {
+    std::fs::create_dir_all(path)
+        .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+    let probe = path.join(format!(".spillway-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|error| format!("cannot write in {}: {error}", path.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(format!("{} is writable", path.display()))
+}
+
+async fn probe_listen(address: &str) -> Result<String, String> {
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => Ok(format!(
+            "{} can be bound",
+            listener.local_addr().map_err(|e| e.to_string())?
+        )),
+        Err(error) => Err(format!(
+            "cannot listen on {address}: {error} (is a daemon already running?)"
+        )),
+    }
+}
