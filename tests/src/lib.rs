@@ -106,6 +106,208 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Returns `count` distinct ports that were free on 127.0.0.1 a moment ago.
+fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    // Every listener stays open until all ports are chosen, so no port repeats.
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|listener| Ok(listener.local_addr()?.port()))
+        .collect()
+}
+
+/// Number of masters in a [`RedisCluster`].
+pub const CLUSTER_MASTERS: usize = 3;
+
+/// One redis-server process of a [`RedisCluster`].
+struct ClusterNode {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// A Redis Cluster of three masters and no replicas on 127.0.0.1. Each master is a
+/// redis-server process with its own folder and `nodes.conf`, and all are stopped by
+/// pid on drop.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+impl RedisCluster {
+    /// Starts three masters on free ports, joins them with `redis-cli --cluster create`
+    /// and waits until every node reports `cluster_state:ok`.
+    pub fn start() -> anyhow::Result<Self> {
+        let mut cluster = Self { nodes: Vec::new() };
+        for _ in 0..CLUSTER_MASTERS {
+            let node = start_cluster_node()?;
+            cluster.nodes.push(node);
+        }
+
+        let addresses: Vec<String> = cluster
+            .ports()
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| {
+                anyhow::anyhow!("failed to run redis-cli (is it installed?): {error}")
+            })?;
+        anyhow::ensure!(
+            output.status.success(),
+            "redis-cli --cluster create failed with {}: {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+
+        cluster.wait_state_ok(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Ledger URL of the cluster: the first master as seed, the others as `addr`.
+    pub fn url(&self) -> String {
+        let ports = self.ports();
+        let seeds: Vec<String> = ports[1..]
+            .iter()
+            .map(|port| format!("addr=127.0.0.1:{port}"))
+            .collect();
+        format!(
+            "redis+cluster://127.0.0.1:{}/?{}",
+            ports[0],
+            seeds.join("&")
+        )
+    }
+
+    /// Ports of the masters, in start order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|node| node.port).collect()
+    }
+
+    /// Hash slot of `key`, from `CLUSTER KEYSLOT`.
+    pub fn key_slot(&self, key: &str) -> anyhow::Result<u16> {
+        let mut conn = self.node_connection(0)?;
+        Ok(redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)?)
+    }
+
+    /// Port of the master that serves `slot`, from `CLUSTER SLOTS`.
+    pub fn master_of_slot(&self, slot: u16) -> anyhow::Result<u16> {
+        let mut conn = self.node_connection(0)?;
+        // Each entry is [first slot, last slot, [ip, port, node id, ...], replicas...].
+        let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn)?;
+        for range in &ranges {
+            let [first, last, master, ..] = range.as_slice() else {
+                anyhow::bail!("CLUSTER SLOTS returned a short entry: {range:?}");
+            };
+            let first: u16 = redis::from_redis_value_ref(first)?;
+            let last: u16 = redis::from_redis_value_ref(last)?;
+            if (first..=last).contains(&slot) {
+                let master: Vec<redis::Value> = redis::from_redis_value_ref(master)?;
+                let port = master.get(1).ok_or_else(|| {
+                    anyhow::anyhow!("CLUSTER SLOTS entry lacks a port: {master:?}")
+                })?;
+                return Ok(redis::from_redis_value_ref(port)?);
+            }
+        }
+        anyhow::bail!("no master serves slot {slot}")
+    }
+
+    fn node_connection(&self, index: usize) -> anyhow::Result<redis::Connection> {
+        let url = format!("redis://127.0.0.1:{}/", self.nodes[index].port);
+        Ok(redis::Client::open(url)?.get_connection()?)
+    }
+
+    fn wait_state_ok(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for index in 0..self.nodes.len() {
+            loop {
+                let mut conn = self.node_connection(index)?;
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn)?;
+                if info.lines().any(|line| line.trim() == "cluster_state:ok") {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "node on port {} did not reach cluster_state:ok within {timeout:?}: {info}",
+                    self.nodes[index].port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+}
+
+/// Starts one cluster-enabled redis-server on free client and cluster bus ports.
+fn start_cluster_node() -> anyhow::Result<ClusterNode> {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir()?;
+        let ports = free_ports(2)?;
+        let (port, bus_port) = (ports[0], ports[1]);
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus_port.to_string(),
+            ])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--dir", &dir.path().display().to_string()])
+            .args(["--appendonly", "no", "--save", "", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| {
+                anyhow::anyhow!("failed to start redis-server (is it installed?): {error}")
+            })?;
+        let mut node = ClusterNode {
+            child,
+            port,
+            _dir: dir,
+        };
+        if wait_ping(&mut node.child, port, Duration::from_secs(10)) {
+            return Ok(node);
+        }
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+    anyhow::bail!("cluster redis-server did not start on free ports after 5 tries")
+}
+
+/// Waits until the server on `port` answers PING; false when it exits or times out.
+fn wait_ping(child: &mut Child, port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if redis_ping(port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// Path of a workspace binary built by `cargo build` (debug profile unless
 /// `SPILLWAY_BIN_DIR` points elsewhere).
 pub fn binary(name: &str) -> PathBuf {
@@ -382,10 +584,18 @@ impl Drop for Daemon {
     }
 }
 
-/// Serialises tests that start workers, so that two jobs never compete for the CPU.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Lock that serialises the tests of one test binary that start daemons and workers,
+/// so that two jobs never compete for the CPU.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Takes the serialising lock in an async test.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// Takes the serialising lock in a test without a runtime.
+pub fn serial_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.blocking_lock()
 }
 
 /// Sends a raw message body to the intake stream.

@@ -57,7 +57,7 @@ async fn kill_workers_mid_task(redis: &RedisServer, ledger: &Ledger, job_id: &st
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_worker_task_reruns_once() {
-    let _serial = serial();
+    let _serial = serial().await;
     let redis = RedisServer::start().unwrap();
     let options = DaemonOptions {
         lease_secs: 2,
@@ -96,7 +96,7 @@ async fn killed_worker_task_reruns_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_task_fails_the_job() {
-    let _serial = serial();
+    let _serial = serial().await;
     let redis = RedisServer::start().unwrap();
     let options = DaemonOptions {
         lease_secs: 2,
@@ -140,7 +140,7 @@ async fn dead_task_fails_the_job() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarted_daemon_resumes_job() {
-    let _serial = serial();
+    let _serial = serial().await;
     let redis = RedisServer::start().unwrap();
     let options = || DaemonOptions {
         lease_secs: 3,

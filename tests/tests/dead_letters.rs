@@ -144,7 +144,7 @@ fn field(entry: &redis::streams::StreamId, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_manifests_are_dead_lettered() {
-    let _serial = serial();
+    let _serial = serial().await;
     let redis = RedisServer::start().unwrap();
     let mut daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
     let data = tempfile::tempdir().unwrap();

@@ -45,7 +45,7 @@ fn job_id_of(manifest: &serde_json::Value) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stuck_message_is_reclaimed() {
-    let _serial = serial();
+    let _serial = serial().await;
     let redis = RedisServer::start().unwrap();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -71,7 +71,7 @@ async fn stuck_message_is_reclaimed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn message_delivered_too_often_is_set_aside() {
-    let _serial = serial();
+    let _serial = serial().await;
     let redis = RedisServer::start().unwrap();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();

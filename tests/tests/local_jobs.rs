@@ -33,7 +33,7 @@ fn count_files(dir: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn local_job_writes_artefact_in_order() {
-    let _serial = serial();
+    let _serial = serial().await;
     let redis = RedisServer::start().unwrap();
     let daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -92,7 +92,7 @@ async fn local_job_writes_artefact_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redelivered_message_makes_one_job() {
-    let _serial = serial();
+    let _serial = serial().await;
     let redis = RedisServer::start().unwrap();
     let daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -128,7 +128,7 @@ async fn redelivered_message_makes_one_job() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sha_mismatch_fails_task_without_retry() {
-    let _serial = serial();
+    let _serial = serial().await;
     let redis = RedisServer::start().unwrap();
     let daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
     let data = tempfile::tempdir().unwrap();

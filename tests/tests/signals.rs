@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use spillway_tests::{Daemon, DaemonOptions, RedisServer, serial};
+use spillway_tests::{Daemon, DaemonOptions, RedisServer, serial_blocking};
 
 #[test]
 fn reload_applies_valid_and_rejects_invalid_config() {
-    let _serial = serial();
+    let _serial = serial_blocking();
     let redis = RedisServer::start().unwrap();
     let mut daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
     assert!(
@@ -59,7 +59,7 @@ fn reload_applies_valid_and_rejects_invalid_config() {
 
 #[test]
 fn sigterm_drains_and_exits() {
-    let _serial = serial();
+    let _serial = serial_blocking();
     let redis = RedisServer::start().unwrap();
     let mut daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
     assert!(
