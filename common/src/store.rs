@@ -1,15 +1,23 @@
 //! Object store access by URI: SHA-256-verified reads and create-only writes.
 //!
-//! The scheme picks the store (`file://` here; `s3://` and `gs://` when the crate is
-//! built with those stores). Results and envelopes are written with
+//! The scheme picks the store: `file:///path` for the local filesystem and
+//! `s3://bucket/key` for Amazon S3 or an S3-compatible service, configured by `AWS_*`
+//! environment variables that the daemon and its workers share (names and defaults
+//! in the `s3` submodule). Results and envelopes are written with
 //! [`PutMode::Create`], so a second writer of the same key gets
-//! [`PutOutcome::AlreadyExisted`] and the first value stays.
+//! [`PutOutcome::AlreadyExisted`] and the first value stays; on S3 this is a
+//! conditional `If-None-Match: *` upload.
+
+mod s3;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
+};
 use url::Url;
 
 use crate::digest::{Sha256Hex, Sha256Stream};
@@ -37,6 +45,8 @@ pub enum StoreError {
         expected: Sha256Hex,
         actual: Sha256Hex,
     },
+    #[error("cannot access {uri}: {reason}")]
+    Config { uri: String, reason: String },
 }
 
 impl StoreError {
@@ -48,7 +58,7 @@ impl StoreError {
             StoreError::Read { source, .. } => {
                 matches!(source, object_store::Error::NotFound { .. })
             }
-            StoreError::Write { .. } => false,
+            StoreError::Write { .. } | StoreError::Config { .. } => false,
         }
     }
 }
@@ -68,13 +78,49 @@ pub struct Location {
     pub uri: String,
 }
 
-/// Resolves a URI to its store and path.
+/// Resolves a URI to its store and path. S3 settings come from the process
+/// environment, read once per bucket.
 pub fn locate(uri: &str) -> Result<Location, StoreError> {
+    resolve(uri, s3::env_store)
+}
+
+/// Resolves a URI like [`locate`], but builds an S3 store from `variables` (the same
+/// `AWS_*` names) in place of the process environment, without caching it.
+pub fn locate_with<I>(uri: &str, variables: I) -> Result<Location, StoreError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    resolve(uri, |bucket| s3::build(bucket, variables))
+}
+
+fn resolve(
+    uri: &str,
+    s3_store: impl FnOnce(&str) -> Result<Arc<dyn ObjectStore>, String>,
+) -> Result<Location, StoreError> {
     let invalid = |reason: String| StoreError::InvalidUri {
         uri: uri.to_string(),
         reason,
     };
     let url = Url::parse(uri).map_err(|error| invalid(error.to_string()))?;
+
+    if url.scheme() == "s3" {
+        let Some(bucket) = url.host_str().filter(|bucket| !bucket.is_empty()) else {
+            return Err(invalid(
+                "an s3:// URI needs a bucket: s3://bucket/key".into(),
+            ));
+        };
+        let (_, path) =
+            ObjectStoreScheme::parse(&url).map_err(|error| invalid(error.to_string()))?;
+        let store = s3_store(bucket).map_err(|reason| StoreError::Config {
+            uri: uri.to_string(),
+            reason,
+        })?;
+        return Ok(Location {
+            store,
+            path,
+            uri: uri.to_string(),
+        });
+    }
 
     if url.scheme() == "file" && url.path().is_empty() {
         return Err(invalid("a file:// URI needs an absolute path".into()));
@@ -100,69 +146,103 @@ pub fn join(prefix: &str, key: &str) -> String {
 
 /// Reads a whole object.
 pub async fn get(uri: &str) -> Result<Bytes, StoreError> {
-    let location = locate(uri)?;
-    let read_error = |source| StoreError::Read {
-        uri: uri.to_string(),
-        source,
-    };
-    let result = location
-        .store
-        .get(&location.path)
-        .await
-        .map_err(read_error)?;
-    result.bytes().await.map_err(read_error)
+    locate(uri)?.get().await
 }
 
 /// Reads a whole object and checks its SHA-256 against `expected`.
 pub async fn get_verified(uri: &str, expected: &Sha256Hex) -> Result<Bytes, StoreError> {
-    let bytes = get(uri).await?;
-
-    let mut hasher = Sha256Stream::default();
-    hasher.update(&bytes);
-    let actual = hasher.finish();
-
-    if &actual != expected {
-        return Err(StoreError::DigestMismatch {
-            uri: uri.to_string(),
-            expected: expected.clone(),
-            actual,
-        });
-    }
-    Ok(bytes)
+    locate(uri)?.get_verified(expected).await
 }
 
 /// Writes an object only if its key does not exist yet.
 pub async fn put_create(uri: &str, bytes: Bytes) -> Result<PutOutcome, StoreError> {
-    let location = locate(uri)?;
-    let options = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    let outcome = location
-        .store
-        .put_opts(&location.path, PutPayload::from(bytes), options)
-        .await;
-
-    match outcome {
-        Ok(_) => Ok(PutOutcome::Created),
-        Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExisted),
-        Err(source) => Err(StoreError::Write {
-            uri: uri.to_string(),
-            source,
-        }),
-    }
+    locate(uri)?.put_create(bytes).await
 }
 
 /// Returns whether an object exists.
 pub async fn exists(uri: &str) -> Result<bool, StoreError> {
-    let location = locate(uri)?;
-    match location.store.head(&location.path).await {
-        Ok(_) => Ok(true),
-        Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(source) => Err(StoreError::Read {
-            uri: uri.to_string(),
+    locate(uri)?.exists().await
+}
+
+impl Location {
+    fn read_error(&self) -> impl Fn(object_store::Error) -> StoreError + '_ {
+        |source| StoreError::Read {
+            uri: self.uri.clone(),
             source,
-        }),
+        }
+    }
+
+    /// Reads the whole object.
+    pub async fn get(&self) -> Result<Bytes, StoreError> {
+        let result = self
+            .store
+            .get(&self.path)
+            .await
+            .map_err(self.read_error())?;
+        result.bytes().await.map_err(self.read_error())
+    }
+
+    /// Reads the whole object, hashing each chunk as it arrives, and checks the
+    /// SHA-256 against `expected`. The bytes are returned only when they match.
+    pub async fn get_verified(&self, expected: &Sha256Hex) -> Result<Bytes, StoreError> {
+        let result = self
+            .store
+            .get(&self.path)
+            .await
+            .map_err(self.read_error())?;
+        let size = usize::try_from(result.meta.size).unwrap_or(0);
+        let mut chunks = result.into_stream();
+
+        let mut hasher = Sha256Stream::default();
+        let mut bytes = BytesMut::with_capacity(size);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(self.read_error())?;
+            hasher.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        let actual = hasher.finish();
+
+        if &actual != expected {
+            return Err(StoreError::DigestMismatch {
+                uri: self.uri.clone(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok(bytes.freeze())
+    }
+
+    /// Writes the object only if its key does not exist yet.
+    pub async fn put_create(&self, bytes: Bytes) -> Result<PutOutcome, StoreError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let outcome = self
+            .store
+            .put_opts(&self.path, PutPayload::from(bytes), options)
+            .await;
+
+        match outcome {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExisted),
+            Err(source) => Err(StoreError::Write {
+                uri: self.uri.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Returns whether the object exists.
+    pub async fn exists(&self) -> Result<bool, StoreError> {
+        match self.store.head(&self.path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(StoreError::Read {
+                uri: self.uri.clone(),
+                source,
+            }),
+        }
     }
 }
 

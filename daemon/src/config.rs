@@ -24,7 +24,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
-    /// `redis://host:port/db`; put the password in `password_file`, not here.
+    /// `redis://host:port/db`, or `redis+cluster://host:port/?addr=host:port` for a
+    /// Redis Cluster; put the password in `password_file`, not here.
     pub url: String,
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -197,10 +198,10 @@ impl Config {
         };
 
         check(
-            self.ledger.url.starts_with("redis://") || self.ledger.url.starts_with("rediss://"),
+            spillway_common::ledger::LedgerAddress::parse(&self.ledger.url).is_ok(),
             "ledger.url",
             spillway_common::ledger::redact_password(&self.ledger.url),
-            "use redis://host:port/db or rediss:// for TLS",
+            "use redis://host:port/db, or redis+cluster://host:port/?addr=host:port for a Redis Cluster",
         );
         check(
             !self.ledger.prefix.is_empty(),

@@ -293,7 +293,8 @@ fn start_cluster_node() -> anyhow::Result<ClusterNode> {
     anyhow::bail!("cluster redis-server did not start on free ports after 5 tries")
 }
 
-/// Waits until the server on `port` answers PING; false when it exits or times out.
+/// Waits until the server on `port` replies to PING. Returns false when the server
+/// exits or `timeout` passes first.
 fn wait_ping(child: &mut Child, port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -479,6 +480,11 @@ impl Default for DaemonOptions {
 
 impl Daemon {
     pub fn start(redis: &RedisServer, options: DaemonOptions) -> anyhow::Result<Self> {
+        Self::start_with_url(&redis.url(), options)
+    }
+
+    /// Starts a daemon whose ledger is at `url`, a single server or a cluster.
+    pub fn start_with_url(url: &str, options: DaemonOptions) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let metrics_port = free_port()?;
         let config = format!(
@@ -487,7 +493,7 @@ impl Daemon {
              [daemon]\nreconcile_interval_secs = 0.3\nlease_secs = {lease}\nmetrics_listen = \"127.0.0.1:{metrics}\"\nshutdown_timeout_secs = 5\n\n\
              [backend.local]\nworker_binary = \"{worker}\"\nmax_workers = {workers}\nthreads_per_worker = 1\n\
              cache_dir = \"{cache}\"\nlog_dir = \"{logs}\"\n",
-            url = redis.url(),
+            url = url,
             claim = options.claim_idle_secs,
             deliveries = options.max_deliveries,
             lease = options.lease_secs,
@@ -600,11 +606,14 @@ pub fn serial_blocking() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// Sends a raw message body to the intake stream.
 pub async fn send_raw(redis: &RedisServer, body: &[u8]) -> String {
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    send_raw_to(&redis.url(), body).await
+}
+
+/// Sends a raw message body to the intake stream of the ledger at `url`.
+pub async fn send_raw_to(url: &str, body: &[u8]) -> String {
+    let mut conn = spillway_common::ledger::LedgerConnection::connect(url)
         .await
-        .expect("connect to redis");
+        .expect("connect to the ledger");
     redis::cmd("XADD")
         .arg("spillway:intake")
         .arg("*")

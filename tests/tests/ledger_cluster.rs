@@ -12,7 +12,7 @@ use spillway_common::manifest::Manifest;
 use spillway_common::task::{job_id, slice};
 use spillway_tests::{CLUSTER_MASTERS, RedisCluster, free_port, sample_manifest};
 
-/// Names tried, in order, to find jobs whose keys land on every master.
+/// Maximum number of job names tried to find jobs whose keys land on every master.
 const MAX_CANDIDATE_JOBS: usize = 64;
 
 fn shards(count: usize, records: u64) -> Vec<(String, String, u64)> {
@@ -101,8 +101,8 @@ async fn jobs_spread_over_masters() {
             assert_eq!(cluster.key_slot(&key).unwrap(), slot, "{key}");
         }
 
-        // A plain connection to the master that serves the slot finds the keys there;
-        // any other master would answer MOVED.
+        // A plain connection to the master that serves the slot finds the keys there.
+        // Any other master would reply with a MOVED error.
         let master = cluster.master_of_slot(slot).unwrap();
         masters.insert(master);
         let client = redis::Client::open(format!("redis://127.0.0.1:{master}/")).unwrap();
@@ -379,4 +379,34 @@ async fn connect_fails_without_cluster() {
         "connecting to {url} returned {:?}",
         result.err()
     );
+}
+
+/// A whole embed job with the daemon, its stream intake and the workers all on a
+/// three-master cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_runs_job_on_cluster() {
+    use spillway_tests::{
+        Daemon, DaemonOptions, embed_manifest, sample_records, send_raw_to, serial, wait_finished,
+        write_shard,
+    };
+
+    let _serial = serial().await;
+    let cluster = RedisCluster::start().unwrap();
+    let daemon = Daemon::start_with_url(&cluster.url(), DaemonOptions::default()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let inputs = vec![write_shard(
+        data.path(),
+        "a.jsonl",
+        &sample_records("a", 12),
+    )];
+    let manifest = embed_manifest("on-cluster", inputs, 4, &data.path().join("out"));
+    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes()).unwrap();
+    let job_id = spillway_common::task::job_id(&parsed);
+
+    send_raw_to(&cluster.url(), manifest.to_string().as_bytes()).await;
+    let ledger = Ledger::connect(&cluster.url(), "spillway").await.unwrap();
+    let job = wait_finished(&ledger, &job_id, std::time::Duration::from_secs(120)).await;
+
+    assert_eq!(job.state, "succeeded", "daemon log:\n{}", daemon.log());
+    assert_eq!(job.succeeded, 3);
 }

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+use super::connection::LedgerConnection;
 use super::keys::Keys;
 use super::scripts;
 use crate::manifest::Manifest;
@@ -16,16 +16,11 @@ use crate::task::TaskSpec;
 /// for long on a job with many tasks.
 const ADMIT_CHUNK: usize = 500;
 
-/// Time allowed for one Redis reply. The client's default of 500 ms is too short for
-/// an admission chunk on a busy Redis.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Time allowed to establish a connection.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Errors from ledger operations, each naming the operation and the ids involved.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
+    #[error("invalid ledger URL {url}: {reason}")]
+    InvalidUrl { url: String, reason: String },
     #[error("failed to connect to the ledger at {url}")]
     Connect {
         url: String,
@@ -188,25 +183,16 @@ pub struct TaskObservation {
 /// Connection to the ledger; cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
-    conn: ConnectionManager,
+    conn: LedgerConnection,
     keys: Keys,
 }
 
 impl Ledger {
-    /// Connects to Redis at `url` (`redis://[:password@]host:port/db`).
+    /// Connects to one Redis server (`redis://[:password@]host:port/db`) or to a Redis
+    /// Cluster (`redis+cluster://[:password@]host:port/?addr=host:port`). The module
+    /// documentation lists every URL form.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, LedgerError> {
-        let connect_error = |source| LedgerError::Connect {
-            url: redact_password(url),
-            source,
-        };
-        let client = redis::Client::open(url).map_err(connect_error)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECTION_TIMEOUT));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(connect_error)?;
-
+        let conn = LedgerConnection::connect(url).await?;
         Ok(Self {
             conn,
             keys: Keys::new(prefix),
@@ -217,8 +203,10 @@ impl Ledger {
         &self.keys
     }
 
-    /// A connection for commands outside the ledger API, such as intake streams.
-    pub fn connection(&self) -> ConnectionManager {
+    /// Returns a clone of the connection for commands outside the ledger API, such as
+    /// intake streams. On a cluster, each command and pipeline must keep its keys in one
+    /// hash slot.
+    pub fn connection(&self) -> LedgerConnection {
         self.conn.clone()
     }
 
@@ -490,13 +478,18 @@ impl Ledger {
             .await
             .map_err(|source| self.redis_error("finish_job", job_id, source))?;
 
+        // Two commands, because on a cluster the two indexes may live in different hash
+        // slots. A crash between them leaves the job in both indexes, and the reconcile
+        // loop calls this method again for a finished job that is still active.
         let finished_ms = now_ms();
-        let _: () = redis::pipe()
+        let _: () = conn
             .zadd(self.keys.finished_jobs(), job_id, finished_ms)
-            .zrem(self.keys.active_jobs(), job_id)
-            .query_async(&mut conn)
             .await
             .map_err(|source| self.redis_error("list_finished", job_id, source))?;
+        let _: () = conn
+            .zrem(self.keys.active_jobs(), job_id)
+            .await
+            .map_err(|source| self.redis_error("unlist_active", job_id, source))?;
         Ok(final_state)
     }
 
@@ -579,13 +572,11 @@ impl Ledger {
     /// Counts live workers of a job: those whose last heartbeat has not expired.
     pub async fn live_workers(&self, job_id: &str) -> Result<u64, LedgerError> {
         let mut conn = self.conn.clone();
-        // Heartbeat deadlines are in Redis server time, so compare against that clock.
-        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(|source| self.redis_error("count_workers", job_id, source))?;
-        let server_now_ms = seconds * 1000 + micros / 1000;
-        conn.zcount(self.keys.workers(job_id), server_now_ms, "+inf")
+        // Heartbeat deadlines are in the time of the Redis node that owns the job's slot,
+        // so a script compares them with that node's clock.
+        scripts::COUNT_WORKERS
+            .key(self.keys.workers(job_id))
+            .invoke_async(&mut conn)
             .await
             .map_err(|source| self.redis_error("count_workers", job_id, source))
     }
@@ -710,13 +701,21 @@ pub fn now_ms() -> i64 {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Replaces the password in a Redis URL with `***` for logs and errors.
+/// Replaces the password in a Redis URL with `***` for logs and errors. When the URL
+/// does not parse, the whole user information before the last `@` is replaced.
 pub fn redact_password(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));
             parsed.to_string()
         }
-        _ => url.to_string(),
+        Ok(_) => url.to_string(),
+        Err(_) => match url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => url.to_string(),
+            },
+            None => url.to_string(),
+        },
     }
 }

@@ -4,16 +4,32 @@
 //! between two calls leaves a consistent ledger. Keys of one job share the hash tag
 //! `{job_id}` and scripts touch only that job's keys, so the ledger also runs on Redis
 //! Cluster. Scripts read the clock with Redis `TIME`, so lease deadlines do not depend
-//! on the clocks of the hosts that call them.
+//! on the clocks of the hosts that call them. On a cluster that clock is the one of the
+//! node that owns the job's hash slot.
 //!
 //! Task states: `queued` → `leased` → `succeeded` | `failed` (a data error, never
 //! retried) | `dead` (max attempts used). A retryable failure or an expired lease
 //! moves a leased task back to `queued`. Job states: `admitting` → `running` →
 //! `reducing` (every task is terminal) → `succeeded` | `failed`.
+//!
+//! [`Ledger::connect`] takes one of these URLs:
+//! - `redis://[user:password@]host:port/db`, or `rediss://` for TLS: one Redis server.
+//!   The other single-server schemes of the redis crate, such as `redis+unix://`, work
+//!   too.
+//! - `redis+cluster://[user:password@]host:port[/?addr=host:port&addr=host:port]`, or
+//!   `rediss+cluster://` for TLS: a Redis Cluster. The host and every `addr` value are
+//!   seed nodes, and the client finds the other nodes from any reachable seed.
+//!   Every seed uses the URL's credentials, and the database is always 0.
+//!
+//! Both forms are valid URLs, so a password from a password file is set and redacted
+//! with the usual URL functions. The indexes of active and finished jobs and the
+//! observation list are global keys, so each lives on one node of a cluster.
 
 mod client;
+mod connection;
 mod keys;
 mod scripts;
 
 pub use client::*;
+pub use connection::{LedgerAddress, LedgerConnection};
 pub use keys::{DEFAULT_PREFIX, Keys};

@@ -21,3 +21,5 @@ pub static FAIL: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/fail
 pub static REAP: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/reap.lua")));
 pub static FINISH_JOB: LazyLock<Script> =
     LazyLock::new(|| load(include_str!("lua/finish_job.lua")));
+pub static COUNT_WORKERS: LazyLock<Script> =
+    LazyLock::new(|| load(include_str!("lua/count_workers.lua")));

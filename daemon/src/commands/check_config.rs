@@ -50,22 +50,19 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(config: &Config) -> Result<redis::aio::MultiplexedConnection, String> {
+async fn connect(config: &Config) -> Result<spillway_common::ledger::LedgerConnection, String> {
     let url = config.ledger_url().map_err(|error| format!("{error:#}"))?;
-    let client = redis::Client::open(url.as_str()).map_err(|error| error.to_string())?;
-    let connecting = client.get_multiplexed_async_connection();
+    let connecting = spillway_common::ledger::LedgerConnection::connect(&url);
     match tokio::time::timeout(PROBE_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(error)) => Err(format!(
-            "failed to connect to {}: {error}",
-            redact_password(&url)
-        )),
+        Ok(Err(error)) => Err(format!("{:#}", anyhow::Error::from(error))),
         Err(_) => Err(format!("connecting to {} timed out", redact_password(&url))),
     }
 }
 
 async fn probe_redis(config: &Config) -> Result<String, String> {
     let mut conn = connect(config).await?;
+    // On a cluster INFO goes to one node; its version stands for the cluster.
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut conn)

@@ -26,15 +26,7 @@ pub async fn run(config: &Config, file: &Path, validate: bool) -> anyhow::Result
     };
 
     let url = config.ledger_url()?;
-    let client = redis::Client::open(url.as_str())?;
-    let mut conn = redis::aio::ConnectionManager::new(client)
-        .await
-        .with_context(|| {
-            format!(
-                "failed to connect to {}",
-                spillway_common::ledger::redact_password(&url)
-            )
-        })?;
+    let mut conn = spillway_common::ledger::LedgerConnection::connect(&url).await?;
     let stream = &config.intake.redis_stream.stream;
     let message_id = redis_stream::submit(&mut conn, stream, &body)
         .await

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
+use spillway_common::ledger::LedgerConnection;
 
 use super::{Delivery, IntakeError, IntakeSource};
 use crate::config::RedisStreamConfig;
@@ -22,8 +22,8 @@ const BLOCK: Duration = Duration::from_secs(2);
 
 pub struct RedisStreamSource {
     /// Connection used only for the blocking read, so it never delays other commands.
-    blocking: ConnectionManager,
-    conn: ConnectionManager,
+    blocking: LedgerConnection,
+    conn: LedgerConnection,
     config: RedisStreamConfig,
     consumer: String,
 }
@@ -44,15 +44,19 @@ impl RedisStreamSource {
                 source: Box::new(source),
             }
         };
-        let client = redis::Client::open(url).map_err(error("connect"))?;
-        let blocking_config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-        let blocking = ConnectionManager::new_with_config(client.clone(), blocking_config)
+        let connect_error = |source: spillway_common::ledger::LedgerError| IntakeError {
+            operation: "connect",
+            queue: config.stream.clone(),
+            source: Box::new(source),
+        };
+        // Two connections: the blocking read holds one, and the ledger's 10 s response
+        // timeout outlasts the 2 s block.
+        let blocking = LedgerConnection::connect(url)
             .await
-            .map_err(error("connect"))?;
-        let mut conn = ConnectionManager::new(client)
+            .map_err(connect_error)?;
+        let mut conn = LedgerConnection::connect(url)
             .await
-            .map_err(error("connect"))?;
+            .map_err(connect_error)?;
 
         let created: redis::RedisResult<()> = conn
             .xgroup_create_mkstream(&config.stream, &config.group, "0")
@@ -221,7 +225,7 @@ impl IntakeSource for RedisStreamSource {
 
 /// Sends a manifest to the stream and returns the entry id.
 pub async fn submit(
-    conn: &mut ConnectionManager,
+    conn: &mut LedgerConnection,
     stream: &str,
     manifest: &[u8],
 ) -> redis::RedisResult<String> {
