@@ -44,9 +44,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Serve => commands::serve::run(config, cli.config.clone()).await,
-        Command::Submit { file, no_validate } => {
-            commands::submit::run(&config, &file, !no_validate).await
-        }
+        Command::Submit {
+            file,
+            no_validate,
+            sqs,
+        } => commands::submit::run(&config, &file, !no_validate, sqs.as_deref()).await,
         Command::Status { job, watch, json } => {
             let ledger = connect(&config).await?;
             commands::status::run(&ledger, job.as_deref(), watch, json).await
@@ -66,8 +68,23 @@ async fn connect(config: &Config) -> anyhow::Result<spillway_common::ledger::Led
 }
 
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+
+    // Under systemd, stderr goes to the journal: send structured fields there directly.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        match tracing_journald::layer() {
+            Ok(journald) => {
+                tracing_subscriber::registry().with(filter).with(journald).init();
+                return;
+            }
+            Err(error) => eprintln!("warning: failed to connect to the journal ({error}); logging to stderr"),
+        }
+    }
+
     let json = std::env::var("SPILLWAY_LOG_FORMAT").is_ok_and(|format| format == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -162,7 +162,38 @@ impl Metrics {
         }
     }
 
-    /// Encodes every metric in the Prometheus text format.
+    /// Creates the series that tools expect to exist before their first event, so that
+    /// `increase()` sees the first one and dashboards show 0 instead of no data.
+    pub fn preset(&self, queues: &[String], backends: &[&str]) {
+        for queue in queues {
+            let _ = self.intake_backlog.get_or_create(&QueueLabels { queue: queue.clone() });
+            for outcome in ["admitted", "redelivered", "dead_lettered", "error"] {
+                let labels = IntakeLabels {
+                    queue: queue.clone(),
+                    outcome: outcome.into(),
+                };
+                let _ = self.intake_messages.get_or_create(&labels);
+            }
+        }
+        for state in ["succeeded", "failed"] {
+            let _ = self.jobs_finished.get_or_create(&StateLabels { state: state.into() });
+        }
+        for state in ["admitting", "running", "reducing"] {
+            let _ = self.jobs.get_or_create(&StateLabels { state: state.into() });
+        }
+        for state in ["queued", "leased", "succeeded", "failed", "dead"] {
+            let _ = self.tasks.get_or_create(&StateLabels { state: state.into() });
+        }
+        for backend in backends {
+            let labels = BackendLabels {
+                backend: (*backend).into(),
+            };
+            let _ = self.workers.get_or_create(&labels);
+            let _ = self.workers_started.get_or_create(&labels);
+        }
+    }
+
+    /// Encodes every metric in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
@@ -175,6 +206,41 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Content type of the OpenMetrics text format.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Content type of the Prometheus text format 0.0.4.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites OpenMetrics text into the Prometheus text format 0.0.4, for scrapers that
+/// do not ask for OpenMetrics (promtool, older Prometheus, curl). The two differ in
+/// counter families: OpenMetrics names `# HELP` and `# TYPE` without the `_total`
+/// suffix that the samples carry, and ends with `# EOF`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
 }
 
 /// Serves `/metrics` and `/healthz` until `shutdown` is cancelled.
@@ -195,16 +261,19 @@ pub async fn serve(
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let metrics = metrics.clone();
                 async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
+                    let openmetrics = headers
+                        .get(axum::http::header::ACCEPT)
+                        .and_then(|accept| accept.to_str().ok())
+                        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+                    let text = metrics.encode();
+                    if openmetrics {
+                        ([("content-type", OPENMETRICS_CONTENT_TYPE)], text)
+                    } else {
+                        ([("content-type", PROMETHEUS_CONTENT_TYPE)], to_prometheus_text(&text))
+                    }
                 }
             }),
         )
@@ -214,4 +283,34 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_total() {
+        let metrics = Metrics::new();
+        metrics.lease_expiries.inc();
+        let text = to_prometheus_text(&metrics.encode());
+
+        assert!(text.contains("# TYPE spillway_lease_expiries_total counter\n"), "{text}");
+        assert!(text.contains("# HELP spillway_lease_expiries_total "), "{text}");
+        assert!(text.contains("spillway_lease_expiries_total 1\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn prometheus_text_keeps_gauges_and_histograms() {
+        let metrics = Metrics::new();
+        metrics.preset(&["q".into()], &["local"]);
+        let text = to_prometheus_text(&metrics.encode());
+
+        assert!(text.contains("# TYPE spillway_workers gauge\n"), "{text}");
+        assert!(text.contains("spillway_workers{backend=\"local\"} 0\n"), "{text}");
+        assert!(text.contains("# TYPE spillway_admission_seconds histogram\n"), "{text}");
+        let expected = "spillway_intake_messages_total{queue=\"q\",outcome=\"dead_lettered\"} 0\n";
+        assert!(text.contains(expected), "{text}");
+    }
 }

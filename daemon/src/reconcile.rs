@@ -71,9 +71,10 @@ impl Reconciler {
         }
         // Higher priority first, then older jobs, so scarce workers go where they should.
         jobs.sort_by_key(|job| (-job.priority, job.admitted_at_ms));
+        let mut free = self.free_slots(&jobs).await?;
 
         for job in &jobs {
-            if let Err(error) = self.reconcile_job(job).await {
+            if let Err(error) = self.reconcile_job(job, &mut free).await {
                 error!(job_id = %job.job_id, error = %error_chain(error.as_ref()), "failed to reconcile job");
             }
             *jobs_by_state.entry(job.state.clone()).or_default() += 1;
@@ -113,9 +114,27 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Counts the backend's free worker slots. Workers are counted per job as the larger
+    /// of those registered in the ledger and those this daemon started, so workers
+    /// that a previous daemon started still count after a restart.
+    async fn free_slots(&self, jobs: &[JobRecord]) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let mut alive_total = 0;
+        for job in jobs.iter().filter(|job| job.state == "running") {
+            alive_total += self.alive_workers(job).await?;
+        }
+        Ok(u64::from(self.backend.max_workers()).saturating_sub(alive_total))
+    }
+
+    async fn alive_workers(&self, job: &JobRecord) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let registered = self.ledger.live_workers(&job.job_id).await?;
+        let started_here = u64::from(self.backend.running(&job.job_id).await);
+        Ok(registered.max(started_here))
+    }
+
     async fn reconcile_job(
         &self,
         job: &JobRecord,
+        free: &mut u64,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         match job.state.as_str() {
             "running" => {
@@ -131,7 +150,7 @@ impl Reconciler {
                 if job.state == "reducing" {
                     return self.reduce(&job).await;
                 }
-                self.place(&job).await
+                self.place(&job, free).await
             }
             "reducing" => self.reduce(job).await,
             "succeeded" | "failed" => {
@@ -147,20 +166,18 @@ impl Reconciler {
     }
 
     /// Starts workers so that a job with queued tasks has one worker per open task, up
-    /// to the backend's free slots. Workers exit on their own when no task is left.
-    async fn place(&self, job: &JobRecord) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// to the free slots left by jobs placed before it. Workers exit on their own when
+    /// no task is left.
+    async fn place(&self, job: &JobRecord, free: &mut u64) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if job.queued == 0 {
             return Ok(());
         }
         let open_tasks = job.queued + job.leased;
-        let registered = self.ledger.live_workers(&job.job_id).await?;
-        let started_here = u64::from(self.backend.running(&job.job_id).await);
-        let alive = registered.max(started_here);
+        let alive = self.alive_workers(job).await?;
         let wanted = open_tasks.saturating_sub(alive);
-        let free = u64::from(self.backend.free_slots().await);
-        let count = wanted.min(free) as u32;
+        let count = wanted.min(*free) as u32;
         if count == 0 {
-            debug!(job_id = %job.job_id, queued = job.queued, alive, free, "no worker to start");
+            debug!(job_id = %job.job_id, queued = job.queued, alive, free = *free, "no worker to start");
             return Ok(());
         }
 
@@ -180,6 +197,7 @@ impl Reconciler {
             .workers_started
             .get_or_create(&labels)
             .inc_by(u64::from(started));
+        *free = free.saturating_sub(u64::from(started));
         info!(job_id = %job.job_id, backend = self.backend.name(), started, queued = job.queued, alive, "placed workers");
         Ok(())
     }

@@ -14,10 +14,18 @@ use tracing::{info, warn};
 use super::{Backend, BackendError, LaunchRequest};
 use crate::config::LocalBackendConfig;
 
+/// Where workers find the ledger.
+#[derive(Debug, Clone)]
+pub struct WorkerLedger {
+    /// The URL without a password.
+    pub url: String,
+    pub password_file: Option<std::path::PathBuf>,
+    pub prefix: String,
+}
+
 pub struct LocalBackend {
     config: LocalBackendConfig,
-    ledger_url: String,
-    ledger_prefix: String,
+    ledger: WorkerLedger,
     /// Settings that a configuration reload may change while workers run.
     settings: std::sync::RwLock<Settings>,
     /// SHA-256 of the configured worker binary, checked against manifests at admission.
@@ -50,12 +58,7 @@ struct State {
 
 impl LocalBackend {
     /// Creates the backend; fails when the worker binary cannot be read.
-    pub fn new(
-        config: LocalBackendConfig,
-        ledger_url: String,
-        ledger_prefix: String,
-        lease_secs: u64,
-    ) -> anyhow::Result<Self> {
+    pub fn new(config: LocalBackendConfig, ledger: WorkerLedger, lease_secs: u64) -> anyhow::Result<Self> {
         let binary = &config.worker_binary;
         let bytes = std::fs::read(binary).map_err(|error| {
             anyhow::anyhow!(
@@ -71,8 +74,7 @@ impl LocalBackend {
         Ok(Self {
             worker_digest: Sha256Hex::of(&bytes),
             config,
-            ledger_url,
-            ledger_prefix,
+            ledger,
             settings: std::sync::RwLock::new(settings),
             state: Mutex::default(),
         })
@@ -100,8 +102,8 @@ impl LocalBackend {
             .env(env::BACKEND, "local")
             .env(env::ARRAY_ID, launch_id)
             .env(env::ARRAY_INDEX, index.to_string())
-            .env(env::LEDGER_URL, &self.ledger_url)
-            .env(env::LEDGER_PREFIX, &self.ledger_prefix)
+            .env(env::LEDGER_URL, &self.ledger.url)
+            .env(env::LEDGER_PREFIX, &self.ledger.prefix)
             .env(env::CACHE_DIR, &self.config.cache_dir)
             .env(env::LEASE_SECS, settings.lease_secs.to_string())
             .env(env::GPU_SKU, &self.config.gpu_sku)
@@ -110,6 +112,9 @@ impl LocalBackend {
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null());
+        if let Some(path) = &self.ledger.password_file {
+            command.env(env::LEDGER_PASSWORD_FILE, path);
+        }
         if settings.threads_per_worker > 0 {
             command.env(env::THREADS, settings.threads_per_worker.to_string());
         }
@@ -155,10 +160,8 @@ impl Backend for LocalBackend {
         &self.config.gpu_sku
     }
 
-    async fn free_slots(&self) -> u32 {
-        self.config
-            .max_workers
-            .saturating_sub(self.running_total().await)
+    fn max_workers(&self) -> u32 {
+        self.settings().max_workers
     }
 
     async fn launch(&self, request: LaunchRequest<'_>) -> Result<u32, BackendError> {

@@ -37,8 +37,8 @@ pub trait Backend: Send + Sync {
     /// GPU model name reported for its workers, or `cpu`.
     fn gpu_sku(&self) -> &str;
 
-    /// Workers this backend may start now over all jobs.
-    async fn free_slots(&self) -> u32;
+    /// Workers this backend may run at once over all jobs.
+    fn max_workers(&self) -> u32;
 
     /// Starts `count` workers for a job and returns how many started.
     async fn launch(&self, request: LaunchRequest<'_>) -> Result<u32, BackendError>;

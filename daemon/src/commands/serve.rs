@@ -1,5 +1,5 @@
-//! `spillway serve`: the daemon. Runs the intake loop, the reconcile loop and the
-//! metrics endpoint. SIGHUP reloads the configuration; SIGTERM or SIGINT stops intake
+//! `spillway serve`: the daemon. Runs one intake loop per source (the Redis stream
+//! and each SQS queue), the reconcile loop and the metrics endpoint. SIGHUP reloads the configuration; SIGTERM or SIGINT stops intake
 //! and drains within `daemon.shutdown_timeout_secs`, and a second signal exits at
 //! once. Workers are separate processes: they keep their leases and finish on their
 //! own.
@@ -15,11 +15,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admission::{Admitter, run_intake};
+use crate::admission::{Admitter, error_chain, run_intake};
 use crate::backend::Backend;
 use crate::backend::local::{LocalBackend, Settings};
 use crate::config::Config;
+use crate::intake::IntakeSource;
 use crate::intake::redis_stream::RedisStreamSource;
+use crate::intake::sqs::{SqsQueue, SqsSource};
 use crate::metrics::{self, Metrics, QueueLabels};
 use crate::reconcile::Reconciler;
 use crate::service;
@@ -30,10 +32,19 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let ledger = Ledger::connect(&url, &config.ledger.prefix).await?;
     let daemon_id = format!("{}-{}", hostname(), std::process::id());
 
+    anyhow::ensure!(
+        config.backend.local.enabled,
+        "backend.local.enabled is false, and no other backend exists yet; enable it"
+    );
+    // Workers get the password file's path, never the password itself.
+    let worker_ledger = crate::backend::local::WorkerLedger {
+        url: config.ledger.url.clone(),
+        password_file: config.ledger.password_file.clone(),
+        prefix: config.ledger.prefix.clone(),
+    };
     let local = Arc::new(LocalBackend::new(
         config.backend.local.clone(),
-        url.clone(),
-        config.ledger.prefix.clone(),
+        worker_ledger,
         config.daemon.lease_secs,
     )?);
     info!(
@@ -46,30 +57,25 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let backend: Arc<dyn Backend> = local.clone();
 
     let metrics = Metrics::new();
+    let mut queues = Vec::new();
+    if config.intake.redis_stream.enabled {
+        queues.push(config.intake.redis_stream.stream.clone());
+    }
+    metrics.preset(&queues, &["local"]);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
-    if config.intake.redis_stream.enabled {
-        let stream_config = config.intake.redis_stream.clone();
-        let source = RedisStreamSource::connect(&url, stream_config, daemon_id.clone()).await?;
-        let admitter = Arc::new(Admitter {
+    let intake = Intake {
+        admitter: Arc::new(Admitter {
             ledger: ledger.clone(),
             backends: vec![backend.clone()],
-        });
-        tasks.spawn(run_intake(
-            source,
-            admitter,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(watch_backlog(
-            config.clone(),
-            url.clone(),
-            daemon_id.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
+        }),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    };
+    intake
+        .start(&config, &url, &daemon_id, &mut tasks)
+        .await?;
 
     let reconciler = Reconciler {
         ledger,
@@ -250,29 +256,80 @@ enum SignalEvent {
     Reload,
 }
 
-/// Samples the intake backlog for the metrics endpoint every few seconds.
-async fn watch_backlog(
-    config: Config,
-    url: String,
-    daemon_id: String,
+/// What every intake loop shares.
+struct Intake {
+    admitter: Arc<Admitter>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+impl Intake {
+    /// Starts one intake loop and one backlog sampler per configured source: the
+    /// Redis stream when enabled, and each `[[intake.sqs]]` queue.
+    async fn start(
+        &self,
+        config: &Config,
+        url: &str,
+        daemon_id: &str,
+        tasks: &mut JoinSet<()>,
+    ) -> anyhow::Result<()> {
+        if config.intake.redis_stream.enabled {
+            let stream_config = config.intake.redis_stream.clone();
+            let source =
+                RedisStreamSource::connect(url, stream_config.clone(), daemon_id.to_string())
+                    .await?;
+            self.spawn(source, tasks);
+
+            // A second consumer, so that sampling never waits behind a blocking read.
+            let consumer = format!("{daemon_id}-metrics");
+            match RedisStreamSource::connect(url, stream_config, consumer).await {
+                Ok(sampler) => self.spawn_backlog(sampler, tasks),
+                Err(error) => warn!(error = %error_chain(&error), "backlog sampling disabled"),
+            }
+        }
+
+        for queue_config in &config.intake.sqs {
+            let queue = SqsQueue::connect(queue_config.clone()).await?;
+            info!(
+                queue = %queue.url(),
+                region = %queue_config.region,
+                endpoint_url = queue_config.endpoint_url.as_deref().unwrap_or("(AWS default)"),
+                fifo = queue_config.is_fifo(),
+                "SQS queue configured"
+            );
+            self.spawn(SqsSource::new(queue.clone()), tasks);
+            self.spawn_backlog(SqsSource::new(queue), tasks);
+        }
+        Ok(())
+    }
+
+    fn spawn<S: IntakeSource + 'static>(&self, source: S, tasks: &mut JoinSet<()>) {
+        tasks.spawn(run_intake(
+            source,
+            Arc::clone(&self.admitter),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
+    fn spawn_backlog<S: IntakeSource + 'static>(&self, source: S, tasks: &mut JoinSet<()>) {
+        tasks.spawn(watch_backlog(
+            source,
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+}
+
+/// Samples a source's backlog for the metrics endpoint every few seconds.
+async fn watch_backlog<S: IntakeSource>(
+    mut source: S,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    use crate::intake::IntakeSource;
-
-    let stream_config = config.intake.redis_stream.clone();
     let labels = QueueLabels {
-        queue: stream_config.stream.clone(),
+        queue: source.queue().to_string(),
     };
-    let mut source =
-        match RedisStreamSource::connect(&url, stream_config, format!("{daemon_id}-metrics")).await
-        {
-            Ok(source) => source,
-            Err(error) => {
-                warn!(error = %error, "backlog sampling disabled");
-                return;
-            }
-        };
     while !shutdown.is_cancelled() {
         match source.backlog().await {
             Ok(backlog) => {
@@ -282,7 +339,7 @@ async fn watch_backlog(
                     .set(backlog as i64);
             }
             Err(error) => {
-                warn!(queue = %labels.queue, error = %error, "failed to read the intake backlog")
+                warn!(queue = %labels.queue, error = %error_chain(&error), "failed to read the intake backlog")
             }
         }
         tokio::select! {

@@ -149,9 +149,9 @@ impl<'a> TaskContext<'a> {
         for batch in texts.chunks(FORWARD_BATCH) {
             let tensor = embed
                 .embed(batch)
-                .map_err(|error| TaskError::Kernel(error.to_string()))?;
+                .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
             let flat: Vec<f32> = Vec::<f32>::try_from(tensor.flatten(0, -1))
-                .map_err(|error| TaskError::Kernel(error.to_string()))?;
+                .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
             values.extend(flat);
         }
         let block = EmbeddingBlock {
@@ -165,7 +165,7 @@ impl<'a> TaskContext<'a> {
                 ("job_id", self.config.job_id.clone()),
                 ("task_id", lease.task_id.clone()),
             ])
-            .map_err(|error| TaskError::Kernel(error.to_string()))?;
+            .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
         self.put_result(lease, Bytes::from(bytes)).await
     }
 
