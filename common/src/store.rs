@@ -5,7 +5,7 @@
 //! environment variables that the daemon and its workers share (names and defaults
 //! in the `s3` submodule). Results and envelopes are written with
 //! [`PutMode::Create`], so a second writer of the same key gets
-//! [`PutOutcome::AlreadyExisted`] and the first value stays; on S3 this is a
+//! [`PutOutcome::AlreadyExisted`] and the first value stays. On S3 this is a
 //! conditional `If-None-Match: *` upload.
 
 mod s3;

@@ -119,6 +119,7 @@ pub async fn run_intake<S: IntakeSource>(
             handle(&mut source, &admitter, &metrics, &queue, delivery).await;
         }
     }
+    source.close().await;
     info!(queue, "intake stopped");
 }
 
@@ -179,8 +180,10 @@ async fn handle<S: IntakeSource>(
             count("dead_lettered");
         }
         Err(error) => {
-            // Left unacknowledged: the stream delivers it again after claim_idle_secs.
+            // Left unacknowledged, so the source delivers it again: the Redis stream
+            // after claim_idle_secs, SQS after the visibility timeout.
             error!(queue, message_id = %delivery.message_id, error = %error_chain(&error), "admission failed; the message will be retried");
+            source.release(&delivery).await;
             count("error");
         }
     }

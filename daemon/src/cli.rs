@@ -24,13 +24,18 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: admit manifests, place workers, reduce finished jobs.
     Serve,
-    /// Validate a manifest and send it to the intake stream; prints the job id.
+    /// Validate a manifest and send it to the intake stream or an SQS queue, then print
+    /// the job id.
     Submit {
         /// Manifest file (JSON).
         file: PathBuf,
         /// Send the file even if it is invalid (it will be dead-lettered).
         #[arg(long)]
         no_validate: bool,
+        /// Send to this SQS queue instead of the Redis stream. It must be the queue_url
+        /// of an [[intake.sqs]] table, whose region, endpoint and credentials are used.
+        #[arg(long, value_name = "QUEUE_URL")]
+        sqs: Option<String>,
     },
     /// Show a job's progress, or list active and recent jobs without JOB.
     Status {
@@ -49,8 +54,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate the configuration and probe Redis, the intake stream, the worker binary
-    /// and the folders it names.
+    /// Validate the configuration and probe Redis, the intake stream, the SQS queues,
+    /// the worker binary and the folders it names.
     CheckConfig,
     /// Validate a manifest file without sending it.
     Validate { file: PathBuf },

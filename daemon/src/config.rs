@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod sqs;
+pub use sqs::SqsQueueConfig;
+
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/spillway/spillway.toml";
 
@@ -34,12 +37,15 @@ pub struct LedgerConfig {
     pub password_file: Option<PathBuf>,
 }
 
-/// Intake sources. Only the Redis stream exists so far.
+/// Intake sources: the Redis stream and any number of SQS queues.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeConfig {
     #[serde(default)]
     pub redis_stream: RedisStreamConfig,
+    /// SQS queues, one `[[intake.sqs]]` table each; every queue gets its own intake loop.
+    #[serde(default)]
+    pub sqs: Vec<SqsQueueConfig>,
 }
 
 /// The on-site intake: a Redis stream read through a consumer group.
@@ -248,6 +254,7 @@ impl Config {
             local.max_workers.to_string(),
             "use at least 1",
         );
+        problems.extend(sqs::problems(&self.intake.sqs));
         problems
     }
 
@@ -288,6 +295,61 @@ mod tests {
         assert!(error.contains("ledger.url"), "{error}");
         assert!(error.contains("daemon.lease_secs"), "{error}");
         assert!(error.contains("backend.local.max_workers"), "{error}");
+    }
+
+    #[test]
+    fn sqs_queue_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spillway.toml");
+        std::fs::write(
+            &path,
+            "[ledger]\nurl = \"redis://127.0.0.1/0\"\n\
+             [[intake.sqs]]\nqueue_url = \"http://127.0.0.1:9/1/a.fifo\"\nregion = \"eu-west-1\"\n\
+             dead_letter_queue_url = \"http://127.0.0.1:9/1/a-dead.fifo\"\n\
+             [[intake.sqs]]\nqueue_url = \"sqs/b\"\nregion = \"\"\n\
+             dead_letter_queue_url = \"sqs/b\"\nvisibility_timeout_secs = 1\n\
+             wait_time_secs = 21\nbatch_size = 11\naccess_key_id_file = \"/k\"\n",
+        )
+        .unwrap();
+
+        let error = Config::load(&path).unwrap_err().to_string();
+
+        for key in [
+            "intake.sqs[1].queue_url",
+            "intake.sqs[1].region",
+            "intake.sqs[1].dead_letter_queue_url",
+            "intake.sqs[1].visibility_timeout_secs",
+            "intake.sqs[1].wait_time_secs",
+            "intake.sqs[1].batch_size",
+            "intake.sqs[1].access_key_id_file",
+        ] {
+            assert!(error.contains(key), "{key} missing from: {error}");
+        }
+        assert!(!error.contains("intake.sqs[0]"), "{error}");
+    }
+
+    #[test]
+    fn sqs_defaults_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spillway.toml");
+        std::fs::write(
+            &path,
+            "[ledger]\nurl = \"redis://127.0.0.1/0\"\n\
+             [[intake.sqs]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/a.fifo\"\n\
+             region = \"eu-west-1\"\n\
+             dead_letter_queue_url = \"https://sqs.eu-west-1.amazonaws.com/1/a-dead\"\n",
+        )
+        .unwrap();
+
+        let config = Config::load(&path).unwrap();
+
+        let queue = &config.intake.sqs[0];
+        assert_eq!(queue.visibility_timeout_secs, 60);
+        assert_eq!(queue.wait_time_secs, 20);
+        assert_eq!(queue.batch_size, 10);
+        assert_eq!(queue.max_deliveries, 5);
+        assert!(queue.is_fifo());
+        assert!(!queue.dead_letter_is_fifo());
     }
 
     #[test]

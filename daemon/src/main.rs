@@ -78,10 +78,15 @@ fn init_logging() {
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         match tracing_journald::layer() {
             Ok(journald) => {
-                tracing_subscriber::registry().with(filter).with(journald).init();
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journald)
+                    .init();
                 return;
             }
-            Err(error) => eprintln!("warning: failed to connect to the journal ({error}); logging to stderr"),
+            Err(error) => {
+                eprintln!("warning: failed to connect to the journal ({error}); logging to stderr")
+            }
         }
     }
 

@@ -166,7 +166,9 @@ impl Metrics {
     /// `increase()` sees the first one and dashboards show 0 instead of no data.
     pub fn preset(&self, queues: &[String], backends: &[&str]) {
         for queue in queues {
-            let _ = self.intake_backlog.get_or_create(&QueueLabels { queue: queue.clone() });
+            let _ = self.intake_backlog.get_or_create(&QueueLabels {
+                queue: queue.clone(),
+            });
             for outcome in ["admitted", "redelivered", "dead_lettered", "error"] {
                 let labels = IntakeLabels {
                     queue: queue.clone(),
@@ -176,13 +178,19 @@ impl Metrics {
             }
         }
         for state in ["succeeded", "failed"] {
-            let _ = self.jobs_finished.get_or_create(&StateLabels { state: state.into() });
+            let _ = self.jobs_finished.get_or_create(&StateLabels {
+                state: state.into(),
+            });
         }
         for state in ["admitting", "running", "reducing"] {
-            let _ = self.jobs.get_or_create(&StateLabels { state: state.into() });
+            let _ = self.jobs.get_or_create(&StateLabels {
+                state: state.into(),
+            });
         }
         for state in ["queued", "leased", "succeeded", "failed", "dead"] {
-            let _ = self.tasks.get_or_create(&StateLabels { state: state.into() });
+            let _ = self.tasks.get_or_create(&StateLabels {
+                state: state.into(),
+            });
         }
         for backend in backends {
             let labels = BackendLabels {
@@ -272,7 +280,10 @@ pub async fn serve(
                     if openmetrics {
                         ([("content-type", OPENMETRICS_CONTENT_TYPE)], text)
                     } else {
-                        ([("content-type", PROMETHEUS_CONTENT_TYPE)], to_prometheus_text(&text))
+                        (
+                            [("content-type", PROMETHEUS_CONTENT_TYPE)],
+                            to_prometheus_text(&text),
+                        )
                     }
                 }
             }),
@@ -295,8 +306,14 @@ mod tests {
         metrics.lease_expiries.inc();
         let text = to_prometheus_text(&metrics.encode());
 
-        assert!(text.contains("# TYPE spillway_lease_expiries_total counter\n"), "{text}");
-        assert!(text.contains("# HELP spillway_lease_expiries_total "), "{text}");
+        assert!(
+            text.contains("# TYPE spillway_lease_expiries_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP spillway_lease_expiries_total "),
+            "{text}"
+        );
         assert!(text.contains("spillway_lease_expiries_total 1\n"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }
@@ -308,8 +325,14 @@ mod tests {
         let text = to_prometheus_text(&metrics.encode());
 
         assert!(text.contains("# TYPE spillway_workers gauge\n"), "{text}");
-        assert!(text.contains("spillway_workers{backend=\"local\"} 0\n"), "{text}");
-        assert!(text.contains("# TYPE spillway_admission_seconds histogram\n"), "{text}");
+        assert!(
+            text.contains("spillway_workers{backend=\"local\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE spillway_admission_seconds histogram\n"),
+            "{text}"
+        );
         let expected = "spillway_intake_messages_total{queue=\"q\",outcome=\"dead_lettered\"} 0\n";
         assert!(text.contains(expected), "{text}");
     }

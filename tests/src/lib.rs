@@ -1,6 +1,9 @@
 //! Harness for Spillway's integration tests: real Redis servers and the project's
 //! binaries, started per test on loopback and stopped by pid.
 
+pub mod moto;
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -465,6 +468,11 @@ pub struct DaemonOptions {
     pub max_workers: u32,
     pub claim_idle_secs: u64,
     pub max_deliveries: u64,
+    /// TOML appended to the generated configuration, such as `[[intake.sqs]]` tables.
+    pub extra_config: String,
+    /// Environment of the daemon, which its worker processes inherit, set on top of
+    /// [`AWS_SAFETY_ENV`]. The test process's own `AWS_*` variables are not passed on.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for DaemonOptions {
@@ -474,9 +482,19 @@ impl Default for DaemonOptions {
             max_workers: 2,
             claim_idle_secs: 60,
             max_deliveries: 5,
+            extra_config: String::new(),
+            env: Vec::new(),
         }
     }
 }
+
+/// Settings that keep AWS clients of every test daemon and worker away from real AWS
+/// defaults: no instance metadata requests and no profile or credential files.
+pub const AWS_SAFETY_ENV: [(&str, &str); 3] = [
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/dev/null"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+];
 
 impl Daemon {
     pub fn start(redis: &RedisServer, options: DaemonOptions) -> anyhow::Result<Self> {
@@ -503,11 +521,21 @@ impl Daemon {
             cache = dir.path().join("cache").display(),
             logs = dir.path().join("logs").display(),
         );
+        let config = format!("{config}\n{}", options.extra_config);
         let config_path = dir.path().join("spillway.toml");
         std::fs::write(&config_path, config)?;
 
         let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-        let child = Command::new(binary("spillway"))
+        let mut command = Command::new(binary("spillway"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("AWS_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .envs(AWS_SAFETY_ENV)
+            .envs(options.env.iter().cloned());
+        let child = command
             .args(["--config", &config_path.display().to_string(), "serve"])
             .env("SPILLWAY_LOG", "info,spillway=debug")
             .stdout(log.try_clone()?)

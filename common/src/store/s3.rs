@@ -1,12 +1,12 @@
 //! S3 stores built from `AWS_*` settings.
 //!
-//! The daemon and its workers read the same environment variables, under the names of
-//! object_store 0.14's `AmazonS3ConfigKey` in upper case: `AWS_REGION` (default
-//! `us-east-1`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-//! `AWS_ENDPOINT_URL_S3` (or `AWS_ENDPOINT_URL`, which AWS SDK clients such as the SQS
-//! intake also read), `AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`, and others.
-//! Without an access key, object_store tries web identity, then container
-//! credentials, then the instance metadata service.
+//! The daemon and its workers read the same environment variables. Their names are
+//! object_store 0.14's `AmazonS3ConfigKey` names in upper case, such as `AWS_REGION`
+//! (default `us-east-1`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`, and `AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`. The
+//! endpoint is `AWS_ENDPOINT_URL_S3`, or `AWS_ENDPOINT_URL`, which AWS SDK clients such
+//! as the SQS intake read too. Without an access key, object_store tries web identity,
+//! then container credentials, then the instance metadata service.
 //!
 //! Two deviations from object_store's own defaults: an `http://` endpoint is allowed
 //! without `AWS_ALLOW_HTTP=true`, because naming such an endpoint is an explicit
@@ -41,7 +41,7 @@ pub(super) fn env_store(bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
     Ok(store)
 }
 
-/// Builds a store for `bucket` from `AWS_*` variables; other names are ignored. The
+/// Builds a store for `bucket` from `AWS_*` variables and ignores other names. The
 /// error text names the missing or invalid setting.
 pub(super) fn build<I>(bucket: &str, variables: I) -> Result<Arc<dyn ObjectStore>, String>
 where
@@ -96,11 +96,11 @@ where
 
 /// Returns whether the builder has a credential source other than instance metadata.
 fn has_credential_source(builder: &AmazonS3Builder) -> bool {
-    let given = |key| builder.get_config_value(&key).is_some();
-    given(AmazonS3ConfigKey::AccessKeyId)
-        || given(AmazonS3ConfigKey::WebIdentityTokenFile)
-        || given(AmazonS3ConfigKey::ContainerCredentialsRelativeUri)
-        || given(AmazonS3ConfigKey::ContainerCredentialsFullUri)
+    let is_set = |key| builder.get_config_value(&key).is_some();
+    is_set(AmazonS3ConfigKey::AccessKeyId)
+        || is_set(AmazonS3ConfigKey::WebIdentityTokenFile)
+        || is_set(AmazonS3ConfigKey::ContainerCredentialsRelativeUri)
+        || is_set(AmazonS3ConfigKey::ContainerCredentialsFullUri)
         || builder.get_config_value(&AmazonS3ConfigKey::SkipSignature) == Some("true".into())
 }
 
@@ -124,8 +124,7 @@ mod tests {
                 ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9"),
             ]),
         )
-        .err()
-        .expect("a store without credentials must be rejected");
+        .expect_err("a store without credentials must be rejected");
 
         assert!(error.contains("AWS_ACCESS_KEY_ID"), "{error}");
     }
@@ -149,8 +148,7 @@ mod tests {
     #[test]
     fn secret_without_key_id_is_rejected() {
         let error = build("bucket", variables(&[("AWS_SECRET_ACCESS_KEY", "testing")]))
-            .err()
-            .expect("a secret without a key id must be rejected");
+            .expect_err("a secret without a key id must be rejected");
 
         assert!(error.contains("bucket"), "{error}");
     }

@@ -58,7 +58,11 @@ struct State {
 
 impl LocalBackend {
     /// Creates the backend; fails when the worker binary cannot be read.
-    pub fn new(config: LocalBackendConfig, ledger: WorkerLedger, lease_secs: u64) -> anyhow::Result<Self> {
+    pub fn new(
+        config: LocalBackendConfig,
+        ledger: WorkerLedger,
+        lease_secs: u64,
+    ) -> anyhow::Result<Self> {
         let binary = &config.worker_binary;
         let bytes = std::fs::read(binary).map_err(|error| {
             anyhow::anyhow!(

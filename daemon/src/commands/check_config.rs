@@ -26,6 +26,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     if config.intake.redis_stream.enabled {
         report("intake.redis_stream", probe_stream(config).await);
     }
+    for (index, queue) in config.intake.sqs.iter().enumerate() {
+        report(&format!("intake.sqs[{index}]"), probe_sqs(queue).await);
+    }
     if config.backend.local.enabled {
         report("backend.local.worker_binary", probe_worker(config));
         report(
@@ -84,6 +87,27 @@ async fn probe_stream(config: &Config) -> Result<String, String> {
         .await
         .map_err(|error| format!("XLEN {stream} failed: {error}"))?;
     Ok(format!("{stream} has {length} entries"))
+}
+
+/// Reads the approximate message counts of the queue and its dead-letter queue.
+async fn probe_sqs(config: &crate::config::SqsQueueConfig) -> Result<String, String> {
+    use crate::admission::error_chain;
+
+    let queue = crate::intake::sqs::SqsQueue::connect(config.clone())
+        .await
+        .map_err(|error| error_chain(&error))?;
+    let mut counts = Vec::new();
+    for url in [&config.queue_url, &config.dead_letter_queue_url] {
+        let count = tokio::time::timeout(PROBE_TIMEOUT, queue.approximate_messages(url))
+            .await
+            .map_err(|_| format!("reading the attributes of {url} timed out"))?
+            .map_err(|error| error_chain(&error))?;
+        counts.push(count);
+    }
+    Ok(format!(
+        "{} has about {} messages waiting or in flight, its dead-letter queue about {}",
+        config.queue_url, counts[0], counts[1]
+    ))
 }
 
 fn probe_worker(config: &Config) -> Result<String, String> {

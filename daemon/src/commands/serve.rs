@@ -61,6 +61,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if config.intake.redis_stream.enabled {
         queues.push(config.intake.redis_stream.stream.clone());
     }
+    queues.extend(
+        config
+            .intake
+            .sqs
+            .iter()
+            .map(|queue| queue.queue_url.clone()),
+    );
     metrics.preset(&queues, &["local"]);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -73,9 +80,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     };
-    intake
-        .start(&config, &url, &daemon_id, &mut tasks)
-        .await?;
+    intake.start(&config, &url, &daemon_id, &mut tasks).await?;
 
     let reconciler = Reconciler {
         ledger,
@@ -256,7 +261,7 @@ enum SignalEvent {
     Reload,
 }
 
-/// What every intake loop shares.
+/// Admitter, metrics and shutdown token that every intake loop shares.
 struct Intake {
     admitter: Arc<Admitter>,
     metrics: Metrics,
@@ -280,7 +285,8 @@ impl Intake {
                     .await?;
             self.spawn(source, tasks);
 
-            // A second consumer, so that sampling never waits behind a blocking read.
+            // A second source with its own connections, so that sampling never waits
+            // behind the intake's blocking read.
             let consumer = format!("{daemon_id}-metrics");
             match RedisStreamSource::connect(url, stream_config, consumer).await {
                 Ok(sampler) => self.spawn_backlog(sampler, tasks),

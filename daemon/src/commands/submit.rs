@@ -1,4 +1,5 @@
-//! `spillway submit FILE`: validate a manifest and send it to the intake stream.
+//! `spillway submit FILE`: validate a manifest and send it to the intake stream, or
+//! with `--sqs QUEUE_URL` to a configured SQS queue.
 
 use std::path::Path;
 
@@ -8,10 +9,18 @@ use spillway_common::task::job_id;
 
 use crate::config::Config;
 use crate::intake::redis_stream;
+use crate::intake::sqs::SqsQueue;
 
 /// Sends the manifest and prints its job id. With `validate`, an invalid manifest is
-/// reported here and not sent.
-pub async fn run(config: &Config, file: &Path, validate: bool) -> anyhow::Result<()> {
+/// reported here and not sent. With `sqs_queue`, the manifest goes to that queue, which
+/// must be one of the configured `[[intake.sqs]]` queues, with that queue's region,
+/// endpoint and credentials.
+pub async fn run(
+    config: &Config,
+    file: &Path,
+    validate: bool,
+    sqs_queue: Option<&str>,
+) -> anyhow::Result<()> {
     let body = std::fs::read(file)
         .with_context(|| format!("failed to read manifest {}", file.display()))?;
 
@@ -24,6 +33,17 @@ pub async fn run(config: &Config, file: &Path, validate: bool) -> anyhow::Result
             .ok()
             .map(|manifest| job_id(&manifest))
     };
+
+    if let Some(queue_url) = sqs_queue {
+        let message_id = send_to_sqs(config, queue_url, &body, job_id.as_deref()).await?;
+        match job_id {
+            Some(job_id) => println!("{job_id}"),
+            None => println!(
+                "sent as SQS message {message_id}; the manifest is invalid, so it will be dead-lettered"
+            ),
+        }
+        return Ok(());
+    }
 
     let url = config.ledger_url()?;
     let mut conn = spillway_common::ledger::LedgerConnection::connect(&url).await?;
@@ -39,6 +59,37 @@ pub async fn run(config: &Config, file: &Path, validate: bool) -> anyhow::Result
         ),
     }
     Ok(())
+}
+
+/// Sends the manifest to a configured SQS queue and returns the SQS message id.
+async fn send_to_sqs(
+    config: &Config,
+    queue_url: &str,
+    body: &[u8],
+    job_id: Option<&str>,
+) -> anyhow::Result<String> {
+    let Some(queue_config) = config
+        .intake
+        .sqs
+        .iter()
+        .find(|queue| queue.queue_url == queue_url)
+    else {
+        let configured: Vec<&str> = config
+            .intake
+            .sqs
+            .iter()
+            .map(|queue| queue.queue_url.as_str())
+            .collect();
+        anyhow::bail!(
+            "SQS queue {queue_url} is not configured; use one of the [[intake.sqs]] queue_url values: {configured:?}"
+        );
+    };
+    let body = std::str::from_utf8(body)
+        .context("the manifest is not UTF-8 text, which SQS requires of a message body")?;
+
+    let queue = SqsQueue::connect(queue_config.clone()).await?;
+    let message_id = queue.send_manifest(body, job_id).await?;
+    Ok(message_id)
 }
 
 /// `spillway validate FILE`: prints every error, or the job id and task count.

@@ -6,13 +6,14 @@
 //! destination with the errors, and is then acknowledged.
 
 pub mod redis_stream;
+pub mod sqs;
 
 use std::future::Future;
 
 /// One message taken from a source and not yet acknowledged.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// Source-specific message id (a stream entry id, an SQS receipt handle).
+    /// Source-specific message id (a stream entry id, an SQS message id).
     pub message_id: String,
     pub body: Vec<u8>,
     /// Deliveries so far, counting this one, when the source knows it.
@@ -49,6 +50,19 @@ pub trait IntakeSource: Send {
         reason: &str,
         errors_json: &str,
     ) -> impl Future<Output = Result<(), IntakeError>> + Send;
+
+    /// Gives up a message that could not be admitted, without acknowledging it, so
+    /// that the source delivers it again later. The default does nothing, for sources
+    /// that redeliver on their own schedule.
+    fn release(&mut self, delivery: &Delivery) -> impl Future<Output = ()> + Send {
+        let _ = delivery;
+        async {}
+    }
+
+    /// Stops background work of the source once the intake loop has ended.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// Counts messages waiting or held without acknowledgement.
     fn backlog(&mut self) -> impl Future<Output = Result<u64, IntakeError>> + Send;
