@@ -156,6 +156,11 @@ pub enum ConfigError {
         #[source]
         source: config::ConfigError,
     },
+    #[error(
+        "configuration file {path} not found; pass --config FILE or set SPILLWAY_CONFIG \
+         (docs/examples/spillway.toml is an annotated example)"
+    )]
+    Missing { path: String },
     #[error("invalid configuration in {path}:\n{}", .problems.join("\n"))]
     Invalid { path: String, problems: Vec<String> },
 }
@@ -168,11 +173,14 @@ impl Config {
             path: display.clone(),
             source,
         };
+        if !path.exists() {
+            return Err(ConfigError::Missing { path: display });
+        }
         let settings = config::Config::builder()
             .add_source(
                 config::File::from(path)
                     .format(config::FileFormat::Toml)
-                    .required(false),
+                    .required(true),
             )
             .add_source(
                 config::Environment::with_prefix("SPILLWAY")
@@ -350,6 +358,17 @@ mod tests {
         assert_eq!(queue.max_deliveries, 5);
         assert!(queue.is_fifo());
         assert!(!queue.dead_letter_is_fifo());
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let error = Config::load(Path::new("/nonexistent/spillway.toml")).unwrap_err();
+
+        assert!(matches!(error, ConfigError::Missing { .. }), "{error}");
+        assert!(
+            error.to_string().contains("/nonexistent/spillway.toml"),
+            "{error}"
+        );
     }
 
     #[test]
