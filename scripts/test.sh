@@ -29,3 +29,6 @@ python3 -m unittest discover -s scripts/tests
 
 echo "==> cargo test"
 cargo test --workspace --no-fail-fast
+
+echo "==> Deployment checks (unit, rules, dashboard, a real scrape)"
+bash scripts/check-deploy.sh
