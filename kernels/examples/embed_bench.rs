@@ -36,6 +36,10 @@ struct Args {
     /// Timed passes over the whole input after the warm-up.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Texts per embed call within a pass, each call timed on its own; 0 embeds
+    /// the whole input in one call.
+    #[arg(long, default_value_t = 0)]
+    slice_size: usize,
     /// Exit after the first embedding, for cold-start runs.
     #[arg(long)]
     first_only: bool,
@@ -58,8 +62,9 @@ fn read_texts(path: &PathBuf) -> anyhow::Result<Vec<String>> {
     let mut texts = Vec::new();
     for (number, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("failed to read {}", path.display()))?;
-        let parsed: Line = serde_json::from_str(&line)
-            .with_context(|| format!("invalid JSON on line {} of {}", number + 1, path.display()))?;
+        let parsed: Line = serde_json::from_str(&line).with_context(|| {
+            format!("invalid JSON on line {} of {}", number + 1, path.display())
+        })?;
         texts.push(parsed.text);
     }
     anyhow::ensure!(!texts.is_empty(), "{} contains no texts", path.display());
@@ -69,14 +74,16 @@ fn read_texts(path: &PathBuf) -> anyhow::Result<Vec<String>> {
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let args = Args::parse();
-    let batch_size = NonZeroUsize::new(args.batch_size).context("--batch-size must be at least 1")?;
+    let batch_size =
+        NonZeroUsize::new(args.batch_size).context("--batch-size must be at least 1")?;
     embed::set_threads(args.threads)?;
 
     let texts = read_texts(&args.input)?;
-    let model = EmbedModel::load(&args.model_dir, Device::Cpu, args.max_seq_len)?.with_batch_size(batch_size);
+    let model = EmbedModel::load(&args.model_dir, Device::Cpu, args.max_seq_len)?
+        .with_batch_size(batch_size);
     let load_secs = started.elapsed().as_secs_f64();
 
-    model.embed(&[texts[0].as_str()])?;
+    let _first = model.embed(&[texts[0].as_str()])?;
     let first_embedding_unix_secs = unix_secs();
     let first_embedding_secs = started.elapsed().as_secs_f64();
 
@@ -99,19 +106,37 @@ fn main() -> anyhow::Result<()> {
 
     // Warm-up over two batches, so that allocator and kernel caches are filled.
     let warm_up_len = text_refs.len().min(2 * batch_size.get());
-    model.embed(&text_refs[..warm_up_len])?;
+    let _warm_up = model.embed(&text_refs[..warm_up_len])?;
 
+    let slice_size = if args.slice_size == 0 {
+        text_refs.len()
+    } else {
+        args.slice_size
+    };
     let mut run_secs = Vec::with_capacity(args.repeats);
+    let mut run_slice_secs = Vec::with_capacity(args.repeats);
     for _ in 0..args.repeats {
-        let run_started = Instant::now();
-        let embeddings = model.embed(&text_refs)?;
-        run_secs.push(run_started.elapsed().as_secs_f64());
-        anyhow::ensure!(embeddings.size()[0] as usize == text_refs.len(), "row count mismatch");
+        let mut slice_secs = Vec::new();
+        for slice in text_refs.chunks(slice_size) {
+            let slice_started = Instant::now();
+            let embeddings = model.embed(slice)?;
+            slice_secs.push(slice_started.elapsed().as_secs_f64());
+
+            let rows = embeddings.size()[0];
+            anyhow::ensure!(
+                rows as usize == slice.len(),
+                "expected {} rows, got {rows}",
+                slice.len()
+            );
+        }
+        run_secs.push(slice_secs.iter().sum::<f64>());
+        run_slice_secs.push(slice_secs);
     }
 
     report["texts"] = text_refs.len().into();
     report["tokens"] = token_count.into();
     report["run_secs"] = run_secs.into();
+    report["run_slice_secs"] = run_slice_secs.into();
     println!("{report}");
     Ok(())
 }

@@ -84,7 +84,8 @@ impl BertConfig {
                 self.position_embedding_type
             ));
         }
-        if !(self.layer_norm_eps > 0.0) {
+        // Written so that NaN is rejected too.
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             return Err(format!(
                 "layer_norm_eps is {}, expected a positive number",
                 self.layer_norm_eps
@@ -302,8 +303,7 @@ impl<'data> WeightFile<'data> {
     fn new(tensors: SafeTensors<'data>, path: &'data Path, device: Device) -> Self {
         let prefixed = tensors
             .names()
-            .iter()
-            .any(|name| *name == "bert.embeddings.word_embeddings.weight");
+            .contains(&"bert.embeddings.word_embeddings.weight");
         let prefix = if prefixed { "bert." } else { "" };
         Self {
             tensors,
