@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod slurm;
 mod sqs;
+pub use slurm::{SlurmApiKind, SlurmBackendConfig};
 pub use sqs::SqsQueueConfig;
 
 /// Default location of the configuration file.
@@ -108,6 +110,8 @@ impl Default for DaemonConfig {
 pub struct BackendConfig {
     #[serde(default)]
     pub local: LocalBackendConfig,
+    #[serde(default)]
+    pub slurm: SlurmBackendConfig,
 }
 
 /// Worker processes on this machine.
@@ -263,6 +267,7 @@ impl Config {
             "use at least 1",
         );
         problems.extend(sqs::problems(&self.intake.sqs));
+        problems.extend(self.backend.slurm.problems());
         problems
     }
 

@@ -71,6 +71,15 @@ impl Reconciler {
         }
         // Higher priority first, then older jobs, so scarce workers go where they should.
         jobs.sort_by_key(|job| (-job.priority, job.admitted_at_ms));
+        let running: Vec<String> = jobs
+            .iter()
+            .filter(|job| job.state == "running")
+            .map(|job| job.job_id.clone())
+            .collect();
+        if let Err(error) = self.backend.refresh(&running).await {
+            // Without a fresh view, placement counts the arrays it submitted as alive.
+            warn!(backend = self.backend.name(), error = %error_chain(&error), "failed to observe the backend");
+        }
         let mut free = self.free_slots(&jobs).await?;
 
         for job in &jobs {
@@ -225,6 +234,9 @@ impl Reconciler {
             return Ok(());
         }
         let reduced = reduce::reduce(&self.ledger, job, self.backend.gpu_sku()).await?;
+        if let Err(error) = self.backend.finish(&job.job_id).await {
+            warn!(job_id = %job.job_id, backend = self.backend.name(), error = %error_chain(&error), "failed to end the finished job's leftover workers");
+        }
         self.metrics
             .jobs_finished
             .get_or_create(&StateLabels {

@@ -3,6 +3,7 @@
 
 pub mod moto;
 pub mod proxy;
+pub mod slurm;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -623,6 +623,62 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records a worker array that a backend submitted, so that a restarted daemon
+    /// still knows which arrays belong to which job.
+    pub async fn record_array(
+        &self,
+        job_id: &str,
+        backend: &str,
+        array_id: &str,
+        size: u32,
+    ) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let _: u64 = conn
+            .hset(
+                self.keys.arrays(job_id),
+                format!("{backend}:{array_id}"),
+                size,
+            )
+            .await
+            .map_err(|source| self.redis_error("record_array", job_id, source))?;
+        Ok(())
+    }
+
+    /// Lists the arrays that `backend` submitted for a job, as `(array id, size)`.
+    pub async fn arrays(
+        &self,
+        job_id: &str,
+        backend: &str,
+    ) -> Result<Vec<(String, u32)>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, u32> = conn
+            .hgetall(self.keys.arrays(job_id))
+            .await
+            .map_err(|source| self.redis_error("read_arrays", job_id, source))?;
+        let prefix = format!("{backend}:");
+        let mut arrays: Vec<(String, u32)> = fields
+            .into_iter()
+            .filter_map(|(field, size)| Some((field.strip_prefix(&prefix)?.to_string(), size)))
+            .collect();
+        arrays.sort();
+        Ok(arrays)
+    }
+
+    /// Forgets an array whose elements have all ended.
+    pub async fn forget_array(
+        &self,
+        job_id: &str,
+        backend: &str,
+        array_id: &str,
+    ) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let _: u64 = conn
+            .hdel(self.keys.arrays(job_id), format!("{backend}:{array_id}"))
+            .await
+            .map_err(|source| self.redis_error("forget_array", job_id, source))?;
+        Ok(())
+    }
+
     /// Takes the job's reduce lock for `ttl` unless another daemon holds it.
     pub async fn try_lock_reduce(
         &self,

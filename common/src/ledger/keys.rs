@@ -45,6 +45,12 @@ impl Keys {
         format!("{}:{{{job_id}}}:workers", self.prefix)
     }
 
+    /// Hash of the worker arrays that backends submitted for a job:
+    /// `<backend>:<array id>` → element count.
+    pub fn arrays(&self, job_id: &str) -> String {
+        format!("{}:{{{job_id}}}:arrays", self.prefix)
+    }
+
     /// Lock that lets one daemon at a time reduce a job.
     pub fn reduce_lock(&self, job_id: &str) -> String {
         format!("{}:{{{job_id}}}:reduce-lock", self.prefix)

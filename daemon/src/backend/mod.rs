@@ -3,6 +3,7 @@
 //! environment contract and finds its work in the ledger.
 
 pub mod local;
+pub mod slurm;
 
 use spillway_common::manifest::Manifest;
 
@@ -49,4 +50,15 @@ pub trait Backend: Send + Sync {
 
     /// Workers of all jobs that are running.
     async fn running_total(&self) -> u32;
+
+    /// Observes the backend once per reconcile pass, for the running jobs given, so
+    /// that `running` answers from one poll instead of one request per job.
+    async fn refresh(&self, _running_jobs: &[String]) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Ends what is left of a finished job's workers, such as pending array elements.
+    async fn finish(&self, _job_id: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
 }

@@ -32,29 +32,45 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let ledger = Ledger::connect(&url, &config.ledger.prefix).await?;
     let daemon_id = format!("{}-{}", hostname(), std::process::id());
 
-    anyhow::ensure!(
-        config.backend.local.enabled,
-        "backend.local.enabled is false, and no other backend exists yet; enable it"
-    );
     // Workers get the password file's path, never the password itself.
     let worker_ledger = crate::backend::local::WorkerLedger {
         url: config.ledger.url.clone(),
         password_file: config.ledger.password_file.clone(),
         prefix: config.ledger.prefix.clone(),
     };
-    let local = Arc::new(LocalBackend::new(
-        config.backend.local.clone(),
-        worker_ledger,
-        config.daemon.lease_secs,
-    )?);
-    info!(
-        backend = "local",
-        worker_binary = %config.backend.local.worker_binary.display(),
-        worker_sha256 = %local.worker_digest(),
-        max_workers = config.backend.local.max_workers,
-        "backend ready"
-    );
-    let backend: Arc<dyn Backend> = local.clone();
+    let local = match config.backend.local.enabled {
+        true => Some(Arc::new(LocalBackend::new(
+            config.backend.local.clone(),
+            worker_ledger.clone(),
+            config.daemon.lease_secs,
+        )?)),
+        false => None,
+    };
+    // NOTE: one backend places all work until burst placement across backends exists:
+    // Slurm when it is enabled, else the local backend.
+    let backend: Arc<dyn Backend> = if config.backend.slurm.enabled {
+        let slurm = slurm_backend(&config, ledger.clone(), worker_ledger).await?;
+        info!(
+            backend = "slurm",
+            max_array_size = slurm.max_array_size(),
+            max_workers = config.backend.slurm.max_workers,
+            "backend ready"
+        );
+        Arc::new(slurm)
+    } else if let Some(local) = &local {
+        info!(
+            backend = "local",
+            worker_binary = %config.backend.local.worker_binary.display(),
+            worker_sha256 = %local.worker_digest(),
+            max_workers = config.backend.local.max_workers,
+            "backend ready"
+        );
+        local.clone()
+    } else {
+        anyhow::bail!(
+            "no backend is enabled; set backend.local.enabled or backend.slurm.enabled to true"
+        );
+    };
 
     let metrics = Metrics::new();
     let mut queues = Vec::new();
@@ -68,7 +84,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             .iter()
             .map(|queue| queue.queue_url.clone()),
     );
-    metrics.preset(&queues, &["local"]);
+    metrics.preset(&queues, &[backend.name()]);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
@@ -113,7 +129,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         };
         match event {
             SignalEvent::Stop => break,
-            SignalEvent::Reload => current = reload(&config_path, current, &local),
+            SignalEvent::Reload => current = reload(&config_path, current, local.as_deref()),
         }
     }
 
@@ -131,7 +147,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
 /// Loads the configuration again and applies what can change while running. A file
 /// that does not load or validate is rejected and the running configuration stays.
-fn reload(path: &std::path::Path, current: Config, local: &LocalBackend) -> Config {
+fn reload(path: &std::path::Path, current: Config, local: Option<&LocalBackend>) -> Config {
     service::reloading();
     let next = match Config::load(path) {
         Ok(next) => next,
@@ -147,7 +163,9 @@ fn reload(path: &std::path::Path, current: Config, local: &LocalBackend) -> Conf
         threads_per_worker: next.backend.local.threads_per_worker,
         lease_secs: next.daemon.lease_secs,
     };
-    local.apply(settings);
+    if let Some(local) = local {
+        local.apply(settings);
+    }
     let restart_keys = keys_needing_restart(&current, &next);
     if !restart_keys.is_empty() {
         warn!(keys = ?restart_keys, "these changed keys take effect only after a restart");
@@ -169,6 +187,7 @@ fn reload(path: &std::path::Path, current: Config, local: &LocalBackend) -> Conf
                 threads_per_worker: next.backend.local.threads_per_worker,
                 ..current.backend.local.clone()
             },
+            slurm: current.backend.slurm.clone(),
         },
         daemon: crate::config::DaemonConfig {
             lease_secs: next.daemon.lease_secs,
@@ -359,4 +378,45 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// Builds the Slurm backend over slurmrestd or the command line, as configured.
+async fn slurm_backend(
+    config: &Config,
+    ledger: Ledger,
+    worker_ledger: crate::backend::local::WorkerLedger,
+) -> anyhow::Result<crate::backend::slurm::SlurmBackend> {
+    use spillway_slurm::{RestClient, RestConfig, SlurmApi, TokenSource};
+
+    let slurm = &config.backend.slurm;
+    let api: Arc<dyn SlurmApi> = match slurm.api {
+        crate::config::SlurmApiKind::Rest => {
+            let token_source = match (&slurm.token_file, &slurm.token_command) {
+                (Some(path), _) => TokenSource::File(path.clone()),
+                (None, Some(command)) => TokenSource::Command(command.clone()),
+                (None, None) => anyhow::bail!("backend.slurm needs token_file or token_command"),
+            };
+            let mut rest =
+                RestConfig::new(slurm.rest_url.clone(), slurm.user.clone(), token_source);
+            rest.request_timeout = Duration::from_secs(slurm.request_timeout_secs);
+            rest.max_array_size = slurm.max_array_size;
+            Arc::new(RestClient::new(rest)?)
+        }
+        crate::config::SlurmApiKind::Cli => {
+            anyhow::bail!(
+                "backend.slurm.api = \"cli\" is not available in this build; use \"rest\""
+            )
+        }
+    };
+    api.ping().await.map_err(|error| {
+        anyhow::anyhow!("Slurm at {} is not reachable: {error}", slurm.rest_url)
+    })?;
+    crate::backend::slurm::SlurmBackend::new(
+        api,
+        slurm.clone(),
+        ledger,
+        worker_ledger,
+        config.daemon.lease_secs,
+    )
+    .await
 }
