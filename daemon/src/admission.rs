@@ -98,8 +98,26 @@ pub async fn run_intake<S: IntakeSource>(
     let queue = source.queue().to_string();
     info!(queue, "intake started");
     let mut backoff = Duration::from_millis(200);
+    let mut draining = false;
 
     while !shutdown.is_cancelled() {
+        // While draining, messages stay in the queue for a later daemon.
+        match admitter.ledger.is_draining().await {
+            Ok(now_draining) => {
+                if now_draining != draining {
+                    info!(queue, draining = now_draining, "intake drain flag changed");
+                    draining = now_draining;
+                }
+            }
+            Err(error) => {
+                warn!(queue, error = %error_chain(&error), "failed to read the drain flag")
+            }
+        }
+        if draining {
+            sleep_or_stop(&shutdown, Duration::from_secs(1)).await;
+            continue;
+        }
+
         let received = tokio::select! {
             () = shutdown.cancelled() => break,
             received = source.receive() => received,

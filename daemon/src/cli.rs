@@ -54,6 +54,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a job: queued tasks are dropped, running attempts end on their own, and
+    /// the backend's leftover workers are cancelled.
+    Cancel {
+        job: String,
+        /// Reason recorded with the job.
+        #[arg(long, default_value = "cancelled by an operator")]
+        reason: String,
+    },
+    /// Stop admitting messages and starting workers on every daemon of this ledger,
+    /// while running workers finish (before an upgrade); `--off` resumes.
+    Drain {
+        #[arg(long)]
+        off: bool,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
     /// Validate the configuration and probe Redis, the intake stream, the SQS queues,
     /// the worker binary and the folders it names.
     CheckConfig,

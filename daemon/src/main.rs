@@ -38,8 +38,19 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Validate { file } = &cli.command {
-        return commands::submit::validate(file);
+    match &cli.command {
+        Command::Validate { file } => return commands::submit::validate(file),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "spillway", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        _ => {}
     }
     let config = Config::load(&cli.config)?;
     match cli.command {
@@ -58,7 +69,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             commands::results::run(&ledger, &job, json).await
         }
         Command::CheckConfig => commands::check_config::run(&config).await,
-        Command::Validate { .. } => unreachable!("handled above"),
+        Command::Cancel { job, reason } => {
+            let ledger = connect(&config).await?;
+            let state = ledger.cancel_job(&job, &reason).await?;
+            println!("job {job} is {state}");
+            Ok(())
+        }
+        Command::Drain { off } => {
+            let ledger = connect(&config).await?;
+            ledger.set_draining(!off).await?;
+            match off {
+                false => println!(
+                    "draining: no message is admitted and no worker starts; `spillway drain --off` resumes"
+                ),
+                true => println!("drain cleared: daemons admit messages and start workers again"),
+            }
+            Ok(())
+        }
+        Command::Validate { .. } | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled above")
+        }
     }
 }
 

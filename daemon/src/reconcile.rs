@@ -81,6 +81,11 @@ impl Reconciler {
             warn!(backend = self.backend.name(), error = %error_chain(&error), "failed to observe the backend");
         }
         let mut free = self.free_slots(&jobs).await?;
+        // While draining, leases are still reaped and jobs reduced, but no worker starts.
+        if self.ledger.is_draining().await? {
+            debug!("draining; no worker is started");
+            free = 0;
+        }
 
         for job in &jobs {
             if let Err(error) = self.reconcile_job(job, &mut free).await {
@@ -168,6 +173,16 @@ impl Reconciler {
                 self.place(&job, free).await
             }
             "reducing" => self.reduce(job).await,
+            "cancelled" => {
+                if let Err(error) = self.backend.finish(&job.job_id).await {
+                    warn!(job_id = %job.job_id, error = %error_chain(&error), "failed to end a cancelled job's workers");
+                }
+                self.ledger
+                    .finish_job(&job.job_id, "cancelled", None, "")
+                    .await?;
+                info!(job_id = %job.job_id, "job cancelled");
+                Ok(())
+            }
             "succeeded" | "failed" => {
                 // Finished, but a crash kept it in the active set; finish_job is idempotent.
                 self.ledger

@@ -138,9 +138,9 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    /// Returns whether the job reached `succeeded` or `failed`.
+    /// Returns whether the job reached `succeeded`, `failed` or `cancelled`.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "failed")
+        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
     }
 
     /// Parses the stored manifest.
@@ -491,6 +491,42 @@ impl Ledger {
             .await
             .map_err(|source| self.redis_error("unlist_active", job_id, source))?;
         Ok(final_state)
+    }
+
+    /// Cancels a job that has not finished. The reconcile loop then ends the job's
+    /// leftover workers and moves it to the finished index. Returns the job's state
+    /// afterwards (`cancelled`, or the earlier final state).
+    pub async fn cancel_job(&self, job_id: &str, reason: &str) -> Result<String, LedgerError> {
+        let mut conn = self.conn.clone();
+        let state: String = scripts::CANCEL_JOB
+            .key(self.keys.job(job_id))
+            .key(self.keys.queue(job_id))
+            .arg(reason)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("cancel_job", job_id, source))?;
+        Ok(state)
+    }
+
+    /// Sets or clears the drain flag: while it is set, daemons admit no messages and
+    /// start no workers, and running workers finish their tasks.
+    pub async fn set_draining(&self, draining: bool) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.drain();
+        let outcome: redis::RedisResult<()> = if draining {
+            conn.set(&key, now_ms()).await
+        } else {
+            conn.del(&key).await
+        };
+        outcome.map_err(|source| self.redis_error("set_draining", "*", source))
+    }
+
+    /// Returns whether the drain flag is set.
+    pub async fn is_draining(&self) -> Result<bool, LedgerError> {
+        let mut conn = self.conn.clone();
+        conn.exists(self.keys.drain())
+            .await
+            .map_err(|source| self.redis_error("read_draining", "*", source))
     }
 
     /// Reads a job's record, or `None` when the ledger has no such job.

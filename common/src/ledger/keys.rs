@@ -56,6 +56,11 @@ impl Keys {
         format!("{}:{{{job_id}}}:reduce-lock", self.prefix)
     }
 
+    /// Flag that asks every daemon to admit nothing and start no workers.
+    pub fn drain(&self) -> String {
+        format!("{}:drain", self.prefix)
+    }
+
     /// Sorted set of jobs that are not finished, scored by admission time.
     pub fn active_jobs(&self) -> String {
         format!("{}:jobs:active", self.prefix)

@@ -10,7 +10,8 @@
 //! Task states: `queued` → `leased` → `succeeded` | `failed` (a data error, never
 //! retried) | `dead` (max attempts used). A retryable failure or an expired lease
 //! moves a leased task back to `queued`. Job states: `admitting` → `running` →
-//! `reducing` (every task is terminal) → `succeeded` | `failed`.
+//! `reducing` (every task is terminal) → `succeeded` | `failed`, or `cancelled` from
+//! any state before those.
 //!
 //! [`Ledger::connect`] takes one of these URLs:
 //! - `redis://[user:password@]host:port/db`, or `rediss://` for TLS: one Redis server.

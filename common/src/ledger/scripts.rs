@@ -19,6 +19,8 @@ pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua
 pub static COMPLETE: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/complete.lua")));
 pub static FAIL: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/fail.lua")));
 pub static REAP: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/reap.lua")));
+pub static CANCEL_JOB: LazyLock<Script> =
+    LazyLock::new(|| load(include_str!("lua/cancel_job.lua")));
 pub static FINISH_JOB: LazyLock<Script> =
     LazyLock::new(|| load(include_str!("lua/finish_job.lua")));
 pub static COUNT_WORKERS: LazyLock<Script> =
