@@ -5,6 +5,7 @@
 //! server's description (for example "Invalid partition name specified").
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::auth::TokenError;
 use crate::generated::types;
@@ -133,17 +134,31 @@ impl fmt::Display for ServerErrors<'_> {
     }
 }
 
+/// Formats " with HTTP 500" for a status, and nothing without one.
+struct HttpStatus(Option<u16>);
+
+impl fmt::Display for HttpStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(status) => write!(f, " with HTTP {status}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An error of a Slurm operation.
 #[derive(Debug, thiserror::Error)]
 pub enum SlurmError {
-    /// Slurm rejected the request with error entries.
-    #[error("{operation} failed with HTTP {status}: {}", ServerErrors(.errors))]
+    /// Slurm rejected the request with error entries: slurmrestd in its response
+    /// body, a command line tool on standard error or in its JSON output.
+    #[error("{operation} failed{}: {}", HttpStatus(*.status), ServerErrors(.errors))]
     Rejected {
         /// The operation.
         operation: Operation,
-        /// The HTTP status of the response.
-        status: u16,
-        /// The error entries of the response body.
+        /// The HTTP status of the response. `None` when a command line tool
+        /// reported the error.
+        status: Option<u16>,
+        /// The error entries of the response body, or the command's error output.
         errors: Vec<ServerError>,
     },
 
@@ -214,6 +229,44 @@ pub enum SlurmError {
         reason: String,
     },
 
+    /// A Slurm command line tool was not found.
+    #[error(
+        "{operation} failed: the Slurm command {program:?} was not found; install \
+         Slurm's client commands or set the command's path in the Slurm CLI settings"
+    )]
+    CommandNotFound {
+        /// The operation.
+        operation: Operation,
+        /// The command's name or path as configured.
+        program: String,
+    },
+
+    /// A Slurm command line tool could not be started, or its output not read.
+    #[error("{operation} failed: could not run {program:?}")]
+    CommandIo {
+        /// The operation.
+        operation: Operation,
+        /// The command's name or path as configured.
+        program: String,
+        /// The error of starting the process or of reading its output.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A Slurm command line tool did not exit in time and was killed.
+    #[error(
+        "{operation} failed: {program:?} did not exit within {:.1} s and was killed",
+        .timeout.as_secs_f64()
+    )]
+    CommandTimedOut {
+        /// The operation.
+        operation: Operation,
+        /// The command's name or path as configured.
+        program: String,
+        /// The time limit that the command exceeded.
+        timeout: Duration,
+    },
+
     /// The client configuration is invalid.
     #[error("invalid Slurm client configuration: {reason}")]
     Config {
@@ -232,7 +285,10 @@ impl SlurmError {
             | SlurmError::Token { operation, .. }
             | SlurmError::Unreachable { operation, .. }
             | SlurmError::InvalidResponse { operation, .. }
-            | SlurmError::InvalidRequest { operation, .. } => Some(operation),
+            | SlurmError::InvalidRequest { operation, .. }
+            | SlurmError::CommandNotFound { operation, .. }
+            | SlurmError::CommandIo { operation, .. }
+            | SlurmError::CommandTimedOut { operation, .. } => Some(operation),
             SlurmError::Config { .. } => None,
         }
     }
@@ -264,7 +320,7 @@ mod tests {
                 job_name: "spillway-1".into(),
                 partition: Some("nosuch".into()),
             },
-            status: 500,
+            status: Some(500),
             errors: vec![ServerError {
                 code: Some(2000),
                 message: Some("Invalid partition name specified".into()),
@@ -283,7 +339,7 @@ mod tests {
     fn rejected_cancel_names_job_id() {
         let error = SlurmError::Rejected {
             operation: Operation::Cancel { job_id: 12 },
-            status: 500,
+            status: Some(500),
             errors: vec![ServerError {
                 code: Some(2017),
                 message: Some("Invalid job id specified".into()),

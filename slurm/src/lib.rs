@@ -10,12 +10,15 @@
 //! - **token**: a JWT that slurmctld signs for one user; slurmrestd takes it in
 //!   the `X-SLURM-USER-TOKEN` header.
 //!
-//! [`RestClient`] implements [`SlurmApi`] over slurmrestd 22.05 (`openapi/v0.0.38`).
+//! [`RestClient`] implements [`SlurmApi`] over slurmrestd 22.05 (`openapi/v0.0.38`),
+//! and [`CliClient`] over the `sbatch`, `squeue`, `sinfo`, `scancel` and `scontrol`
+//! commands, for sites without slurmrestd.
 //! The job, node and partition records are parsed by [`records`], which also reads
 //! the JSON shapes of later Slurm versions and of `squeue --json`/`sinfo --json`.
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod error;
 #[allow(
     clippy::all,
@@ -38,6 +41,7 @@ pub use api::{
     SlurmApi, SubmittedArray,
 };
 pub use auth::{Auth, TokenError, TokenSource};
+pub use cli::{CliClient, CliConfig, GpuRequest};
 pub use error::{Operation, ServerError, SlurmError};
 pub use rest::{RestClient, RestConfig};
 pub use state::{ExitStatus, JobBaseState, JobState, JobStateFlag, NodeState};

@@ -267,7 +267,7 @@ impl Failure {
         match self {
             Failure::Response { status, errors } => SlurmError::Rejected {
                 operation,
-                status,
+                status: Some(status),
                 errors,
             },
             Failure::Transport(source) => SlurmError::Unreachable {
@@ -311,7 +311,7 @@ fn check_errors(
     }
     Err(SlurmError::Rejected {
         operation: operation.clone(),
-        status: 200,
+        status: Some(200),
         errors,
     })
 }

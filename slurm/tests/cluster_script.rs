@@ -141,7 +141,13 @@ async fn max_array_size_setting_limits_arrays() {
 
     let error = client.submit_array(&request).await.unwrap_err();
     assert!(
-        matches!(error, SlurmError::Rejected { status: 500, .. }),
+        matches!(
+            error,
+            SlurmError::Rejected {
+                status: Some(500),
+                ..
+            }
+        ),
         "{error:?}"
     );
     // 2081: "Invalid job array specification".

@@ -189,3 +189,37 @@ async fn bad_partition_is_named_and_loses_nothing() {
     let log = daemon.log();
     assert!(log.contains("failed to reconcile job"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_api_runs_a_job() {
+    let _serial = serial().await;
+    let cluster = SlurmCluster::start(&[]).unwrap();
+    let shared = shared_dir().unwrap();
+    let inputs = vec![write_shard(
+        shared.path(),
+        "a.jsonl",
+        &sample_records("a", 12),
+    )];
+    let redis = RedisServer::start().unwrap();
+    let cli_settings = format!(
+        "api = \"cli\"\nslurm_conf = \"{}\"",
+        cluster.var("SLURM_CONF")
+    );
+    let options = DaemonOptions {
+        extra_config: cluster
+            .backend_config(shared.path(), 2, &cli_settings)
+            .replace("api = \"rest\"\n", ""),
+        ..DaemonOptions::default()
+    };
+    let daemon = Daemon::start(&redis, options).unwrap();
+    let output = shared.path().join("out");
+    let manifest = embed_manifest("through-sbatch", inputs, 4, &output);
+    let job_id = job_id_of(&manifest);
+
+    send_raw(&redis, manifest.to_string().as_bytes()).await;
+    let ledger = Ledger::connect(&redis.url(), "spillway").await.unwrap();
+    let job = wait_finished(&ledger, &job_id, JOB_TIMEOUT).await;
+
+    assert_eq!(job.state, "succeeded", "daemon log:\n{}", daemon.log());
+    assert_eq!(artefact(&output, &job_id).ids.len(), 12);
+}

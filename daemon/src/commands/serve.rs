@@ -403,13 +403,20 @@ async fn slurm_backend(
             Arc::new(RestClient::new(rest)?)
         }
         crate::config::SlurmApiKind::Cli => {
-            anyhow::bail!(
-                "backend.slurm.api = \"cli\" is not available in this build; use \"rest\""
-            )
+            let cli = spillway_slurm::CliConfig {
+                slurm_conf: slurm.slurm_conf.clone(),
+                command_timeout: Duration::from_secs(slurm.request_timeout_secs),
+                max_array_size: slurm.max_array_size,
+                ..spillway_slurm::CliConfig::default()
+            };
+            Arc::new(spillway_slurm::CliClient::new(cli)?)
         }
     };
     api.ping().await.map_err(|error| {
-        anyhow::anyhow!("Slurm at {} is not reachable: {error}", slurm.rest_url)
+        anyhow::anyhow!(
+            "Slurm is not reachable (backend.slurm.api = {:?}): {error}",
+            slurm.api
+        )
     })?;
     crate::backend::slurm::SlurmBackend::new(
         api,

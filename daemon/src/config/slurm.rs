@@ -29,7 +29,10 @@ pub struct SlurmBackendConfig {
     pub token_file: Option<PathBuf>,
     /// Command that prints a fresh JWT, such as `scontrol token username=spillway lifespan=3600`.
     pub token_command: Option<String>,
+    /// Time limit of one slurmrestd request or one Slurm command.
     pub request_timeout_secs: u64,
+    /// `slurm.conf` for the commands of `api = "cli"`; unset uses Slurm's default lookup.
+    pub slurm_conf: Option<PathBuf>,
     /// Path of `spillway-worker` on the compute nodes.
     pub worker_binary: PathBuf,
     pub partition: Option<String>,
@@ -74,6 +77,7 @@ impl Default for SlurmBackendConfig {
             token_file: None,
             token_command: None,
             request_timeout_secs: 30,
+            slurm_conf: None,
             worker_binary: PathBuf::from("/usr/lib/spillway/spillway-worker"),
             partition: None,
             account: None,
