@@ -48,6 +48,13 @@ impl Admitter {
             }
         };
 
+        if let Err(error) = supported_stores(&manifest) {
+            let reason = ManifestErrors(vec![error.clone()]).to_string();
+            return Ok(Decision::Rejected {
+                reason,
+                errors: vec![error],
+            });
+        }
         if let Err(problems) = self.placeable(&manifest) {
             let error = ManifestError {
                 path: "worker".into(),
@@ -86,6 +93,30 @@ impl Admitter {
         }
         Err(problems)
     }
+}
+
+/// Checks that this build can reach the stores the manifest names (output, model and
+/// the first shard's), so that no job admits work whose results it cannot write.
+fn supported_stores(manifest: &manifest::Manifest) -> Result<(), ManifestError> {
+    let mut uris = vec![
+        ("output", manifest.output.clone()),
+        ("model.uri", manifest.model.uri.clone()),
+    ];
+    if let Some(shard) = manifest.inputs.first() {
+        uris.push(("inputs[0].uri", shard.uri.clone()));
+    }
+    for (path, uri) in uris {
+        if let Err(error) = spillway_common::store::locate(&uri) {
+            return Err(ManifestError {
+                path: path.into(),
+                value: uri,
+                problem: format!("this Spillway build cannot use the store: {error}"),
+                fix: "use a store this site supports (file://, or s3:// with AWS_* settings)"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reads one source until `shutdown`, admitting every message.

@@ -9,7 +9,7 @@ use crate::config::DEFAULT_CONFIG_PATH;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Spillway: burst GPU micro-batch jobs from a queue onto Slurm, AWS Batch or this machine"
+    about = "Spillway: run GPU micro-batch jobs from a queue on Slurm or this machine"
 )]
 pub struct Cli {
     /// Configuration file (TOML); SPILLWAY__SECTION__KEY variables override its values.

@@ -170,7 +170,8 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads `path` (if it exists) with environment overrides and validates the result.
+    /// Loads `path` with environment overrides and validates the result; a missing
+    /// file is an error.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let display = path.display().to_string();
         let load_error = |source| ConfigError::Load {

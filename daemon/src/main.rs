@@ -19,6 +19,9 @@ use cli::{Cli, Command};
 use config::Config;
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`spillway status | head`) instead of panicking.
+    // SAFETY: restoring the default action of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {

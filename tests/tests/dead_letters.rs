@@ -104,6 +104,11 @@ fn malformed(base: &serde_json::Value) -> Vec<(&'static str, Vec<u8>, &'static s
             "name",
         ),
         (
+            "store this build lacks",
+            edited(base, |m| m["output"] = "gs://bucket/out/".into()),
+            "output",
+        ),
+        (
             "worker digest of another build",
             edited(base, |m| {
                 m["worker"]["binary_sha256"] = "ab".repeat(32).into()

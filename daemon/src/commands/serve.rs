@@ -152,7 +152,7 @@ fn reload(path: &std::path::Path, current: Config, local: Option<&LocalBackend>)
     let next = match Config::load(path) {
         Ok(next) => next,
         Err(error) => {
-            error!(path = %path.display(), error = %format!("{error:#}"), "reload rejected; keeping the running configuration");
+            error!(path = %path.display(), error = %format!("{:#}", anyhow::Error::from(error)), "reload rejected; keeping the running configuration");
             service::ready();
             return current;
         }

@@ -81,6 +81,15 @@ async fn watch_job(ledger: &Ledger, mut job: JobRecord) -> anyhow::Result<()> {
     }
     bar.finish();
     print_job(&job);
+    // Scripts that wait with --watch learn the outcome from the exit status.
+    if job.state != "succeeded" {
+        anyhow::bail!(
+            "job {} ended {}; `spillway results {}` lists the failed tasks",
+            job.job_id,
+            job.state,
+            job.job_id
+        );
+    }
     Ok(())
 }
 

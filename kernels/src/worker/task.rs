@@ -39,6 +39,15 @@ pub enum TaskError {
         end: u64,
     },
     #[error(
+        "shard {uri} has {found} records, but the manifest declares {declared}; \
+         set inputs[].records to the shard's line count"
+    )]
+    RecordCount {
+        uri: String,
+        found: u64,
+        declared: u64,
+    },
+    #[error(
         "model verification failed, so no task of this job can run; check model.uri and model.sha256"
     )]
     ModelUnavailable,
@@ -55,6 +64,7 @@ impl TaskError {
             TaskError::Store(error) => error.is_data_error(),
             TaskError::Record { .. }
             | TaskError::ShortShard { .. }
+            | TaskError::RecordCount { .. }
             | TaskError::ModelUnavailable => true,
             TaskError::Kernel(_) | TaskError::Ledger(_) => false,
         }
@@ -137,11 +147,13 @@ impl<'a> TaskContext<'a> {
         let shard = self
             .shard(&lease.spec.shard.uri, &lease.spec.shard.sha256)
             .await?;
+        let spec = &lease.spec;
         let records = select_records(
             &shard,
-            &lease.spec.shard.uri,
-            lease.spec.first_record,
-            lease.spec.records,
+            &spec.shard.uri,
+            spec.first_record,
+            spec.records,
+            spec.shard.records,
         )?;
 
         let texts: Vec<&str> = records.iter().map(|record| record.text.as_str()).collect();
@@ -306,20 +318,38 @@ fn select_records(
     uri: &str,
     first: u64,
     count: u64,
+    declared: u64,
 ) -> Result<Vec<Record>, TaskError> {
-    let mut records = Vec::with_capacity(count as usize);
-    let end = first + count;
-    let lines = shard
+    let lines: Vec<&[u8]> = shard
         .split(|byte| *byte == b'\n')
-        .filter(|line| !line.iter().all(u8::is_ascii_whitespace));
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    let found = lines.len() as u64;
+    // The manifest's record count decides the slicing, so a shard with more or fewer
+    // lines would silently lose or invent records.
+    if found != declared {
+        return Err(TaskError::RecordCount {
+            uri: uri.to_string(),
+            found,
+            declared,
+        });
+    }
+    let end = first + count;
+    if end > found {
+        return Err(TaskError::ShortShard {
+            uri: uri.to_string(),
+            found,
+            first,
+            end,
+        });
+    }
 
-    for (line_number, line) in (0u64..).zip(lines) {
-        if line_number < first {
-            continue;
-        }
-        if line_number >= end {
-            break;
-        }
+    let mut records = Vec::with_capacity(count as usize);
+    for line_number in first..end {
+        let line = lines[line_number as usize];
+        let line = line
+            .strip_prefix(b"\xef\xbb\xbf".as_slice())
+            .unwrap_or(line);
         let record: Record = serde_json::from_slice(line).map_err(|error| TaskError::Record {
             uri: uri.to_string(),
             line: line_number + 1,
@@ -329,19 +359,10 @@ fn select_records(
         })?;
         records.push(record);
     }
-
-    if (records.len() as u64) < count {
-        return Err(TaskError::ShortShard {
-            uri: uri.to_string(),
-            found: first + records.len() as u64,
-            first,
-            end,
-        });
-    }
     Ok(records)
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -366,22 +387,36 @@ mod tests {
 
     #[test]
     fn select_records_takes_the_range() {
-        let records = select_records(SHARD, "file:///s", 1, 2).unwrap();
+        let records = select_records(SHARD, "file:///s", 1, 2, 3).unwrap();
         let ids: Vec<&str> = records.iter().map(|record| record.id.as_str()).collect();
         assert_eq!(ids, ["b", "c"]);
     }
 
     #[test]
     fn select_records_rejects_short_shard() {
-        let error = select_records(SHARD, "file:///s", 2, 5).err().unwrap();
+        let error = select_records(SHARD, "file:///s", 2, 5, 3).err().unwrap();
         assert!(matches!(error, TaskError::ShortShard { found: 3, .. }));
         assert!(error.is_data_error());
     }
 
     #[test]
+    fn select_records_rejects_wrong_declared_count() {
+        let error = select_records(SHARD, "file:///s", 0, 2, 2).err().unwrap();
+        assert!(matches!(
+            error,
+            TaskError::RecordCount {
+                found: 3,
+                declared: 2,
+                ..
+            }
+        ));
+        assert!(error.to_string().contains("declares 2"), "{error}");
+    }
+
+    #[test]
     fn select_records_names_bad_line() {
         let shard = b"{\"id\":\"a\",\"text\":\"x\"}\nnot json\n";
-        let error = select_records(shard, "file:///s", 0, 2).err().unwrap();
+        let error = select_records(shard, "file:///s", 0, 2, 2).err().unwrap();
         assert!(error.to_string().contains("line 2"), "{error}");
     }
 }
