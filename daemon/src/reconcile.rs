@@ -33,7 +33,6 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// Runs passes every `interval` until `shutdown`.
     /// Runs passes every `interval` until `shutdown`, pinging the systemd watchdog
     /// after each pass, so a wedged pass stops the pings.
     pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
@@ -56,7 +55,7 @@ impl Reconciler {
         info!("reconcile loop stopped");
     }
 
-    /// One pass over every active job.
+    /// Runs one pass over every active job.
     pub async fn pass(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.drain_observations().await?;
 
@@ -208,8 +207,8 @@ impl Reconciler {
         }
         let open_tasks = job.queued + job.leased;
         let alive = self.alive_workers(job).await?;
-        let wanted = open_tasks.saturating_sub(alive);
-        let count = wanted.min(*free) as u32;
+        let shortfall = open_tasks.saturating_sub(alive);
+        let count = shortfall.min(*free) as u32;
         if count == 0 {
             debug!(job_id = %job.job_id, queued = job.queued, alive, free = *free, "no worker to start");
             return Ok(());
