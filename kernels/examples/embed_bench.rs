@@ -40,6 +40,9 @@ struct Args {
     /// the whole input in one call.
     #[arg(long, default_value_t = 0)]
     slice_size: usize,
+    /// Keep glibc's default malloc thresholds instead of calling embed::tune_malloc.
+    #[arg(long)]
+    default_malloc: bool,
     /// Exit after the first embedding, for cold-start runs.
     #[arg(long)]
     first_only: bool,
@@ -77,6 +80,9 @@ fn main() -> anyhow::Result<()> {
     let batch_size =
         NonZeroUsize::new(args.batch_size).context("--batch-size must be at least 1")?;
     embed::set_threads(args.threads)?;
+    if !args.default_malloc {
+        embed::tune_malloc()?;
+    }
 
     let texts = read_texts(&args.input)?;
     let model = EmbedModel::load(&args.model_dir, Device::Cpu, args.max_seq_len)?
@@ -92,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         "threads": tch::get_num_threads(),
         "batch_size": batch_size.get(),
         "max_seq_len": model.max_seq_len(),
+        "tuned_malloc": !args.default_malloc,
         "load_secs": load_secs,
         "first_embedding_secs": first_embedding_secs,
         "first_embedding_unix_secs": first_embedding_unix_secs,

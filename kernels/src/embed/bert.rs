@@ -228,9 +228,10 @@ impl BertEncoder {
     ) -> Result<Tensor, TchError> {
         let seq_len = input_ids.size()[1];
 
-        let words = Tensor::f_embedding(&self.word_embeddings, input_ids, -1, false, false)?;
         let positions = self.position_embeddings.f_narrow(0, 0, seq_len)?;
-        let embeddings = words.f_add(&positions)?.f_add(&self.token_type_embedding)?;
+        let embeddings = Tensor::f_embedding(&self.word_embeddings, input_ids, -1, false, false)?
+            .f_add_(&positions)?
+            .f_add_(&self.token_type_embedding)?;
         let mut hidden = self.embeddings_norm.forward(&embeddings)?;
 
         // Boolean mask for scaled_dot_product_attention, true where a key is a
@@ -278,14 +279,16 @@ impl BertEncoder {
             .f_transpose(1, 2)?
             .f_reshape([batch, seq_len, self.hidden_size])?;
 
-        let attended = layer.attention_output.forward(&context)?.f_add(hidden)?;
+        // The residual additions and GELU run in place on freshly computed
+        // tensors, which saves an allocation each.
+        let attended = layer.attention_output.forward(&context)?.f_add_(hidden)?;
         let attended = layer.attention_norm.forward(&attended)?;
 
         let intermediate = layer
             .intermediate
             .forward(&attended)?
-            .f_gelu(self.gelu_approximation)?;
-        let output = layer.output.forward(&intermediate)?.f_add(&attended)?;
+            .f_gelu_(self.gelu_approximation)?;
+        let output = layer.output.forward(&intermediate)?.f_add_(&attended)?;
         layer.output_norm.forward(&output)
     }
 }

@@ -13,6 +13,7 @@
 //! are returned in input order.
 
 mod bert;
+mod runtime;
 mod tokenize;
 
 use std::num::NonZeroUsize;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, TchError, Tensor};
 
 use bert::{BertConfig, BertEncoder};
+pub use runtime::{set_threads, tune_malloc};
 use tokenize::{SentenceTokenizer, pad_batch};
 
 /// Maximum sequence length of all-MiniLM-L6-v2, from its `sentence_bert_config.json`.
@@ -135,21 +137,10 @@ pub enum EmbedError {
     /// [`set_threads`] was called with a count below 1.
     #[error("invalid thread count {0}: expected at least 1")]
     InvalidThreadCount(i32),
-}
 
-/// Sets the number of threads that libtorch uses inside one operator (its
-/// intra-op pool) for the whole process.
-///
-/// Call it once before the first forward pass. Without it, libtorch uses its
-/// default, which `OMP_NUM_THREADS` overrides. Tokenization runs separately on the rayon global
-/// pool of the `tokenizers` crate, sized by `RAYON_NUM_THREADS` and switched off
-/// by `TOKENIZERS_PARALLELISM=false`.
-pub fn set_threads(threads: i32) -> Result<(), EmbedError> {
-    if threads < 1 {
-        return Err(EmbedError::InvalidThreadCount(threads));
-    }
-    tch::set_num_threads(threads);
-    Ok(())
+    /// glibc's `mallopt` rejected an option that [`tune_malloc`] sets.
+    #[error("mallopt rejected {option} = {value}")]
+    MallocOption { option: &'static str, value: i32 },
 }
 
 /// A loaded sentence-embedding model: tokenizer and encoder weights on one device.
@@ -232,7 +223,8 @@ impl EmbedModel {
     /// order, as a `[texts.len(), dimension]` f32 tensor on the CPU.
     ///
     /// The texts are sorted by token count and split into forward passes of at
-    /// most `batch_size` texts. An empty `texts` returns a `[0, dimension]` tensor.
+    /// most `batch_size` texts. sentence-transformers sorts by character count,
+    /// which pads more. An empty `texts` returns a `[0, dimension]` tensor.
     pub fn embed(&self, texts: &[&str]) -> Result<Tensor, EmbedError> {
         let text_count = texts.len();
         if text_count == 0 {
@@ -255,7 +247,7 @@ impl EmbedModel {
             batches.push(self.embed_batch(&sequences)?);
         }
 
-        self.restore_input_order(&batches, &order)
+        restore_input_order(&batches, &order)
             .map_err(|source| EmbedError::Output { text_count, source })
     }
 
@@ -273,21 +265,21 @@ impl EmbedModel {
             source,
         })
     }
+}
 
-    /// Concatenates the batch outputs, whose rows follow `order`, moves them to
-    /// the CPU and puts row `i` back at position `order[i]`.
-    fn restore_input_order(&self, batches: &[Tensor], order: &[usize]) -> Result<Tensor, TchError> {
-        let sorted = Tensor::f_cat(batches, 0)?
-            .f_to_device(Device::Cpu)?
-            .f_to_kind(Kind::Float)?;
+/// Concatenates the batch outputs, whose rows follow `order`, moves them to
+/// the CPU and puts row `i` back at position `order[i]`.
+fn restore_input_order(batches: &[Tensor], order: &[usize]) -> Result<Tensor, TchError> {
+    let sorted = Tensor::f_cat(batches, 0)?
+        .f_to_device(Device::Cpu)?
+        .f_to_kind(Kind::Float)?;
 
-        let mut sorted_row_of_text = vec![0_i64; order.len()];
-        for (row, &text_index) in order.iter().enumerate() {
-            sorted_row_of_text[text_index] = row as i64;
-        }
-        let index = Tensor::f_from_slice(&sorted_row_of_text)?;
-        sorted.f_index_select(0, &index)
+    let mut sorted_row_of_text = vec![0_i64; order.len()];
+    for (row, &text_index) in order.iter().enumerate() {
+        sorted_row_of_text[text_index] = row as i64;
     }
+    let index = Tensor::f_from_slice(&sorted_row_of_text)?;
+    sorted.f_index_select(0, &index)
 }
 
 /// Returns text indices ordered by decreasing token count, ties in input order,
