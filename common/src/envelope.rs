@@ -34,7 +34,7 @@ impl RunIdentity {
     }
 }
 
-/// How an attempt ended.
+/// Exit status of an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitStatus {

@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::intake::{Delivery, IntakeSource};
 use crate::metrics::{IntakeLabels, Metrics};
 
-/// What admission decided for one message.
+/// Admission decision for one message.
 #[derive(Debug)]
 pub enum Decision {
     /// The job is durable in the ledger; the message can be acknowledged.

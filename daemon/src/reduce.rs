@@ -201,7 +201,7 @@ async fn read_block(
     Ok(block)
 }
 
-/// The run identity of a whole job: every input shard, in order.
+/// Builds the run identity of a whole job over every input shard, in order.
 pub fn job_identity(manifest: &Manifest, gpu_sku: &str) -> RunIdentity {
     let data = manifest
         .inputs

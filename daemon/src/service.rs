@@ -80,7 +80,7 @@ impl Watchdog {
         }
     }
 
-    /// The longest time the reconcile loop may sleep between pings.
+    /// Returns the maximum time the reconcile loop may sleep between pings.
     pub fn max_sleep(&self) -> Option<Duration> {
         self.interval
     }

@@ -71,19 +71,19 @@ struct RawLease {
     leased_at_ms: i64,
 }
 
-/// What a heartbeat found.
+/// Outcome of a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heartbeat {
     /// The worker's lease was extended.
     Extended,
-    /// The worker holds no task; only its registration was extended.
+    /// The worker has no task, so only its registration was extended.
     Idle,
     /// The lease expired or another attempt owns the task; the result will be a duplicate
     /// unless this attempt completes first.
     Lost,
 }
 
-/// What a completion did.
+/// Outcome of a completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
     /// The first completion of this task.
@@ -94,7 +94,7 @@ pub enum Completion {
     Duplicate,
 }
 
-/// Why an attempt failed.
+/// Cause of a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// The input is wrong (bad SHA-256, unreadable shard); retrying cannot help.
@@ -103,7 +103,7 @@ pub enum FailureKind {
     Retryable,
 }
 
-/// What one reaper pass did for one job.
+/// Counts from one reaper pass over one job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct ReapReport {
     pub expired: u64,
@@ -660,7 +660,7 @@ impl Ledger {
     }
 
     /// Records a worker array that a backend submitted, so that a restarted daemon
-    /// still knows which arrays belong to which job.
+    /// can still find the arrays of each job.
     pub async fn record_array(
         &self,
         job_id: &str,

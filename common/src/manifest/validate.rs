@@ -24,9 +24,9 @@ pub struct ManifestError {
     pub path: String,
     /// The rejected value, shortened for display; empty when the field is missing.
     pub value: String,
-    /// What is wrong.
+    /// Description of the problem.
     pub problem: String,
-    /// What to change.
+    /// Change that fixes it.
     pub fix: String,
 }
 

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::{Backend, BackendError, LaunchRequest};
 use crate::config::LocalBackendConfig;
 
-/// Where workers find the ledger.
+/// Ledger address that workers receive.
 #[derive(Debug, Clone)]
 pub struct WorkerLedger {
     /// The URL without a password.

@@ -18,7 +18,7 @@ pub struct BackendError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// What a backend needs to start workers for one job.
+/// Request to start workers for one job.
 #[derive(Debug, Clone)]
 pub struct LaunchRequest<'a> {
     pub job_id: &'a str,

@@ -178,7 +178,7 @@ pub fn own_digest() -> anyhow::Result<spillway_common::digest::Sha256Hex> {
     Ok(spillway_common::digest::Sha256Hex::of(&bytes))
 }
 
-/// The run identity of a task or a job over `data`.
+/// Builds the run identity of a task or a job over `data`.
 pub fn run_identity(
     manifest: &Manifest,
     gpu_sku: &str,

@@ -20,7 +20,7 @@ use crate::embed::EmbedModel;
 /// Texts per forward pass inside a task.
 const FORWARD_BATCH: usize = 32;
 
-/// Why an attempt failed.
+/// Error that ended an attempt.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     #[error(transparent)]
@@ -302,7 +302,7 @@ impl<'a> TaskContext<'a> {
     }
 }
 
-/// Where a result was stored.
+/// Location and digest of a stored result.
 #[derive(Debug, Clone)]
 struct Written {
     uri: String,
