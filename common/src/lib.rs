@@ -17,6 +17,7 @@ pub mod layout;
 pub mod ledger;
 pub mod manifest;
 pub mod model;
+pub mod process;
 pub mod store;
 pub mod task;
 pub mod worker_env;

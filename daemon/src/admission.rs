@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use spillway_common::ledger::{Admission, Ledger, LedgerError};
 use spillway_common::manifest::{self, ManifestError, ManifestErrors};
+use spillway_common::process::error_chain;
 use spillway_common::task::{job_id, slice};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -259,16 +260,4 @@ async fn sleep_or_stop(shutdown: &CancellationToken, duration: Duration) {
         () = shutdown.cancelled() => {}
         () = tokio::time::sleep(duration) => {}
     }
-}
-
-/// Formats an error with its chain of causes.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -10,10 +10,10 @@ use spillway_common::ledger::{JobRecord, Ledger};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::admission::error_chain;
 use crate::backend::{Backend, LaunchRequest};
 use crate::metrics::{AttemptLabels, BackendLabels, Metrics, StateLabels, TaskLabels};
 use crate::reduce;
+use spillway_common::process::error_chain;
 
 /// Expired leases handled per job and pass.
 const REAP_LIMIT: u32 = 1000;

@@ -673,3 +673,10 @@ pub async fn wait_finished(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Computes the job id that the daemon gives a valid test manifest.
+pub fn job_id_of(manifest: &serde_json::Value) -> String {
+    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes())
+        .expect("test manifest is valid");
+    spillway_common::task::job_id(&parsed)
+}

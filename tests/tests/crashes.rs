@@ -6,17 +6,11 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use spillway_common::ledger::Ledger;
 use spillway_tests::{
-    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial,
-    wait_finished, write_shard,
+    Daemon, DaemonOptions, RedisServer, embed_manifest, job_id_of, sample_records, send_raw,
+    serial, wait_finished, write_shard,
 };
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn job_id_of(manifest: &serde_json::Value) -> String {
-    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes())
-        .expect("test manifest is valid");
-    spillway_common::task::job_id(&parsed)
-}
 
 /// Waits until some task of the job is leased, then SIGKILLs every registered worker.
 /// Returns the number of workers killed.

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use spillway_common::ledger::Ledger;
 use spillway_tests::{
-    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial,
-    wait_finished, write_shard,
+    Daemon, DaemonOptions, RedisServer, embed_manifest, job_id_of, sample_records, send_raw,
+    serial, wait_finished, write_shard,
 };
 
 const STREAM: &str = "spillway:intake";
@@ -36,11 +36,6 @@ async fn take_without_ack(conn: &mut redis::aio::MultiplexedConnection) {
         .query_async(conn)
         .await
         .unwrap();
-}
-
-fn job_id_of(manifest: &serde_json::Value) -> String {
-    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes()).unwrap();
-    spillway_common::task::job_id(&parsed)
 }
 
 #[tokio::test(flavor = "multi_thread")]

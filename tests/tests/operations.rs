@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use spillway_common::ledger::Ledger;
 use spillway_tests::{
-    Daemon, DaemonOptions, RedisServer, binary, embed_manifest, sample_records, send_raw, serial,
-    wait_finished, write_shard,
+    Daemon, DaemonOptions, RedisServer, binary, embed_manifest, job_id_of, sample_records,
+    send_raw, serial, wait_finished, write_shard,
 };
 
 fn spillway(daemon: &Daemon, args: &[&str]) -> std::process::Output {
@@ -16,11 +16,6 @@ fn spillway(daemon: &Daemon, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run spillway")
-}
-
-fn job_id_of(manifest: &serde_json::Value) -> String {
-    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes()).unwrap();
-    spillway_common::task::job_id(&parsed)
 }
 
 #[tokio::test(flavor = "multi_thread")]

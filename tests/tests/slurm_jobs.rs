@@ -8,17 +8,11 @@ use spillway_common::artefact::EmbeddingBlock;
 use spillway_common::ledger::Ledger;
 use spillway_tests::slurm::{SlurmCluster, shared_dir};
 use spillway_tests::{
-    Daemon, DaemonOptions, RedisServer, embed_manifest, sample_records, send_raw, serial,
-    wait_finished, write_shard,
+    Daemon, DaemonOptions, RedisServer, embed_manifest, job_id_of, sample_records, send_raw,
+    serial, wait_finished, write_shard,
 };
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn job_id_of(manifest: &serde_json::Value) -> String {
-    let parsed =
-        spillway_common::manifest::parse(manifest.to_string().as_bytes()).expect("valid manifest");
-    spillway_common::task::job_id(&parsed)
-}
 
 fn artefact(output: &Path, job_id: &str) -> EmbeddingBlock {
     let bytes =

@@ -17,7 +17,7 @@ use spillway_common::store::{self, PutOutcome, StoreError};
 use spillway_tests::moto::{MotoServer, create_queue, queue_depth};
 use spillway_tests::proxy::FreezableProxy;
 use spillway_tests::{
-    Daemon, DaemonOptions, RedisServer, binary, embed_manifest, sample_records, serial,
+    Daemon, DaemonOptions, RedisServer, binary, embed_manifest, job_id_of, sample_records, serial,
     wait_finished, write_shard,
 };
 
@@ -25,12 +25,6 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 const BUCKET: &str = "spillway-data";
 const EAST: &str = "us-east-1";
 const WEST: &str = "eu-west-1";
-
-fn job_id_of(manifest: &serde_json::Value) -> String {
-    let parsed = spillway_common::manifest::parse(manifest.to_string().as_bytes())
-        .expect("test manifest is valid");
-    spillway_common::task::job_id(&parsed)
-}
 
 /// One `[[intake.sqs]]` table.
 struct QueueTable<'a> {

@@ -91,7 +91,7 @@ async fn probe_stream(config: &Config) -> Result<String, String> {
 
 /// Reads the approximate message counts of the queue and its dead-letter queue.
 async fn probe_sqs(config: &crate::config::SqsQueueConfig) -> Result<String, String> {
-    use crate::admission::error_chain;
+    use spillway_common::process::error_chain;
 
     let queue = crate::intake::sqs::SqsQueue::connect(config.clone())
         .await

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admission::{Admitter, error_chain, run_intake};
+use crate::admission::{Admitter, run_intake};
 use crate::backend::Backend;
 use crate::backend::local::{LocalBackend, Settings};
 use crate::config::Config;
@@ -25,12 +25,17 @@ use crate::intake::sqs::{SqsQueue, SqsSource};
 use crate::metrics::{self, Metrics, QueueLabels};
 use crate::reconcile::Reconciler;
 use crate::service;
+use spillway_common::process::error_chain;
 
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let url = config.ledger_url()?;
     let ledger = Ledger::connect(&url, &config.ledger.prefix).await?;
-    let daemon_id = format!("{}-{}", hostname(), std::process::id());
+    let daemon_id = format!(
+        "{}-{}",
+        spillway_common::process::hostname(),
+        std::process::id()
+    );
 
     // Workers get the password file's path, never the password itself.
     let worker_ledger = crate::backend::local::WorkerLedger {
@@ -372,12 +377,6 @@ async fn watch_backlog<S: IntakeSource>(
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into())
 }
 
 /// Builds the Slurm backend over slurmrestd or the command line, as configured.

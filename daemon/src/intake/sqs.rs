@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{Delivery, IntakeError, IntakeSource};
-use crate::admission::error_chain;
 use crate::config::SqsQueueConfig;
+use spillway_common::process::error_chain;
 
 /// Entries per `ChangeMessageVisibilityBatch` request, SQS's maximum.
 const MAX_BATCH_ENTRIES: usize = 10;

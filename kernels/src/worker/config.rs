@@ -46,7 +46,7 @@ impl WorkerConfig {
             ledger_url = with_password(&ledger_url, &path)?;
         }
 
-        let host = hostname();
+        let host = spillway_common::process::hostname();
         let worker_id = format!(
             "{backend}-{array_id}-{array_index}-{host}-{}",
             std::process::id()
@@ -101,10 +101,4 @@ fn with_password(url: &str, path: &str) -> anyhow::Result<String> {
         .set_password(Some(password.trim()))
         .map_err(|()| anyhow::anyhow!("{} cannot carry a password", env::LEDGER_URL))?;
     Ok(parsed.to_string())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into())
 }

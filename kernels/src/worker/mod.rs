@@ -133,7 +133,7 @@ async fn report_failure(
     } else {
         FailureKind::Retryable
     };
-    let reason = task::error_chain(error);
+    let reason = spillway_common::process::error_chain(error);
     let state = ledger
         .fail(
             &config.job_id,

@@ -11,6 +11,7 @@ use spillway_common::envelope::{DataRef, ExitStatus, TaskEnvelope};
 use spillway_common::layout;
 use spillway_common::ledger::{Completion, Lease, Ledger, TaskObservation};
 use spillway_common::manifest::Manifest;
+use spillway_common::process::error_chain;
 use spillway_common::store::{self, PutOutcome, StoreError};
 use tracing::{debug, warn};
 
@@ -205,7 +206,6 @@ impl<'a> TaskContext<'a> {
             uri,
             sha256: Sha256Hex::of(&stored),
             existed: outcome == PutOutcome::AlreadyExisted,
-            records: lease.spec.records,
         })
     }
 
@@ -308,8 +308,6 @@ struct Written {
     uri: String,
     sha256: Sha256Hex,
     existed: bool,
-    #[allow(dead_code)]
-    records: u64,
 }
 
 /// Parses lines `first..first + count` of a JSONL shard.
@@ -360,17 +358,6 @@ fn select_records(
         records.push(record);
     }
     Ok(records)
-}
-
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn now_rfc3339() -> String {
