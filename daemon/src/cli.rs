@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::commands::output::OutputFormat;
 use crate::config::DEFAULT_CONFIG_PATH;
 
 #[derive(Parser)]
@@ -40,19 +41,28 @@ pub enum Command {
     /// Show a job's progress, or list active and recent jobs without JOB.
     Status {
         job: Option<String>,
-        /// Follow the job with a progress bar until it finishes.
+        /// Follow the job with a progress bar until it finishes (with `--output json`,
+        /// print once it has finished). Exits non-zero unless the job succeeded.
         #[arg(long)]
         watch: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
     },
-    /// Show a finished job's artefact, run hash and failed tasks.
+    /// Show a finished job's artefact, run hash and failed tasks (`--output json`: the
+    /// job envelope).
     Results {
         job: String,
-        /// Print the job envelope as JSON.
-        #[arg(long)]
-        json: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// List the newest dead-lettered messages of the Redis intake stream with the
+    /// reason each was rejected.
+    DeadLetters {
+        /// Entries to show, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
     },
     /// Cancel a job: queued tasks are dropped, running attempts end on their own, and
     /// the backend's leftover workers are cancelled.
@@ -74,7 +84,14 @@ pub enum Command {
     Man,
     /// Validate the configuration and probe Redis, the intake stream, the SQS queues,
     /// the worker binary and the folders it names.
-    CheckConfig,
+    CheckConfig {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Validate a manifest file without sending it.
-    Validate { file: PathBuf },
+    Validate {
+        file: PathBuf,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
 }

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Validate { file } => return commands::submit::validate(file),
+        Command::Validate { file, output } => return commands::submit::validate(file, *output),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "spillway", &mut std::io::stdout());
@@ -63,15 +63,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             no_validate,
             sqs,
         } => commands::submit::run(&config, &file, !no_validate, sqs.as_deref()).await,
-        Command::Status { job, watch, json } => {
+        Command::Status { job, watch, output } => {
             let ledger = connect(&config).await?;
-            commands::status::run(&ledger, job.as_deref(), watch, json).await
+            commands::status::run(&ledger, job.as_deref(), watch, output).await
         }
-        Command::Results { job, json } => {
+        Command::Results { job, output } => {
             let ledger = connect(&config).await?;
-            commands::results::run(&ledger, &job, json).await
+            commands::results::run(&ledger, &job, output).await
         }
-        Command::CheckConfig => commands::check_config::run(&config).await,
+        Command::DeadLetters { limit, output } => {
+            commands::dead_letters::run(&config, limit, output).await
+        }
+        Command::CheckConfig { output } => commands::check_config::run(&config, output).await,
         Command::Cancel { job, reason } => {
             let ledger = connect(&config).await?;
             let state = ledger.cancel_job(&job, &reason).await?;

@@ -199,4 +199,61 @@ async fn malformed_manifests_are_dead_lettered() {
     let pending: redis::streams::StreamPendingReply =
         conn.xpending("spillway:intake", "spillway").await.unwrap();
     assert_eq!(pending.count(), 0, "messages left unacknowledged");
+
+    // Every read command prints JSON with `--output json`.
+    let listed = cli_json(&daemon, &["dead-letters", "--limit", "100"], true);
+    let listed = listed.as_array().expect("dead-letters prints a list");
+    assert_eq!(listed.len(), cases.len());
+    for ((name, _, expected), message_id) in cases.iter().zip(&message_ids) {
+        let letter = listed
+            .iter()
+            .find(|letter| letter["message_id"] == message_id.as_str())
+            .unwrap_or_else(|| panic!("case {name:?} missing from `dead-letters`"));
+        assert!(
+            letter["reason"].as_str().unwrap().contains(expected),
+            "case {name:?}: {letter}"
+        );
+    }
+    let status = cli_json(&daemon, &["status", &job_id], true);
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["succeeded"], 1);
+    let jobs = cli_json(&daemon, &["status"], true);
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|job| job["job_id"] == job_id.as_str())
+    );
+    let results = cli_json(&daemon, &["results", &job_id], true);
+    assert_eq!(results["state"], "succeeded");
+    assert_eq!(results["run_hash"].as_str().unwrap().len(), 64);
+
+    let bad = data.path().join("bad.json");
+    std::fs::write(&bad, &cases[5].1).unwrap();
+    let report = cli_json(&daemon, &["validate", &bad.display().to_string()], false);
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["errors"][0]["path"], "model.revision");
+}
+
+/// Runs `spillway --config … ARGS --output json` and parses its standard output.
+fn cli_json(daemon: &Daemon, args: &[&str], expect_success: bool) -> serde_json::Value {
+    let output = std::process::Command::new(spillway_tests::binary("spillway"))
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(args)
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.success(),
+        expect_success,
+        "spillway {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "spillway {args:?} printed no JSON ({error}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }

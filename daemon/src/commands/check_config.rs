@@ -5,20 +5,41 @@ use std::time::Duration;
 use spillway_common::digest::Sha256Hex;
 use spillway_common::ledger::redact_password;
 
+use super::output::{OutputFormat, print_json};
 use crate::config::Config;
 
 /// Time allowed for each network probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Prints one line per check and fails when any check failed.
-pub async fn run(config: &Config) -> anyhow::Result<()> {
-    let mut failures = 0;
-    let mut report = |name: &str, outcome: Result<String, String>| match outcome {
-        Ok(detail) => println!("ok      {name}: {detail}"),
-        Err(reason) => {
-            failures += 1;
-            println!("FAILED  {name}: {reason}");
+/// One probe's outcome, as `--output json` prints it.
+#[derive(serde::Serialize)]
+struct Check {
+    name: String,
+    ok: bool,
+    detail: String,
+}
+
+/// Prints one line per check (or a JSON list) and fails when any check failed.
+pub async fn run(config: &Config, output: OutputFormat) -> anyhow::Result<()> {
+    let mut checks: Vec<Check> = Vec::new();
+    let mut report = |name: &str, outcome: Result<String, String>| {
+        let check = match outcome {
+            Ok(detail) => Check {
+                name: name.into(),
+                ok: true,
+                detail,
+            },
+            Err(detail) => Check {
+                name: name.into(),
+                ok: false,
+                detail,
+            },
+        };
+        if !output.is_json() {
+            let status = if check.ok { "ok    " } else { "FAILED" };
+            println!("{status}  {}: {}", check.name, check.detail);
         }
+        checks.push(check);
     };
 
     report("configuration", Ok("valid".into()));
@@ -47,6 +68,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         );
     }
 
+    let failures = checks.iter().filter(|check| !check.ok).count();
+    if output.is_json() {
+        print_json(&checks)?;
+    }
     if failures > 0 {
         anyhow::bail!("{failures} check(s) failed");
     }

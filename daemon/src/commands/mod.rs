@@ -1,6 +1,8 @@
 //! One module per CLI command.
 
 pub mod check_config;
+pub mod dead_letters;
+pub mod output;
 pub mod results;
 pub mod serve;
 pub mod status;

@@ -6,8 +6,10 @@ use spillway_common::layout;
 use spillway_common::ledger::Ledger;
 use spillway_common::store;
 
+use super::output::{OutputFormat, print_json};
+
 /// Prints the job envelope of a finished job.
-pub async fn run(ledger: &Ledger, job_id: &str, json: bool) -> anyhow::Result<()> {
+pub async fn run(ledger: &Ledger, job_id: &str, output: OutputFormat) -> anyhow::Result<()> {
     let job = ledger
         .job(job_id)
         .await?
@@ -28,9 +30,8 @@ pub async fn run(ledger: &Ledger, job_id: &str, json: bool) -> anyhow::Result<()
     let envelope: JobEnvelope =
         serde_json::from_slice(&bytes).with_context(|| format!("invalid job envelope {uri}"))?;
 
-    if json {
-        println!("{}", serde_json::to_string_pretty(&envelope)?);
-        return Ok(());
+    if output.is_json() {
+        return print_json(&envelope);
     }
     println!("job        {}", envelope.job_id);
     println!("state      {}", envelope.state);

@@ -6,23 +6,36 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use spillway_common::ledger::{JobRecord, Ledger};
 
+use super::output::{OutputFormat, print_json};
+
 /// Prints one job's state; with `watch`, shows a progress bar until it finishes.
 pub async fn run(
     ledger: &Ledger,
     job_id: Option<&str>,
     watch: bool,
-    json: bool,
+    output: OutputFormat,
 ) -> anyhow::Result<()> {
     let Some(job_id) = job_id else {
-        return list(ledger, json).await;
+        return list(ledger, output).await;
     };
     let job = if watch {
         wait_admitted(ledger, job_id).await?
     } else {
         read(ledger, job_id).await?
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&without_manifest(job))?);
+    if output.is_json() {
+        // With --watch, JSON is printed once the job has finished, for scripts that wait.
+        let job = if watch && !job.is_finished() {
+            wait_finished(ledger, job).await?
+        } else {
+            job
+        };
+        let failed = watch && job.state != "succeeded";
+        let (job_id, state) = (job.job_id.clone(), job.state.clone());
+        print_json(&without_manifest(job))?;
+        if failed {
+            anyhow::bail!("job {job_id} ended {state}");
+        }
         return Ok(());
     }
     if !watch || job.is_finished() {
@@ -56,6 +69,14 @@ async fn wait_admitted(ledger: &Ledger, job_id: &str) -> anyhow::Result<JobRecor
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn wait_finished(ledger: &Ledger, mut job: JobRecord) -> anyhow::Result<JobRecord> {
+    while !job.is_finished() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        job = read(ledger, &job.job_id).await?;
+    }
+    Ok(job)
 }
 
 async fn watch_job(ledger: &Ledger, mut job: JobRecord) -> anyhow::Result<()> {
@@ -110,7 +131,7 @@ fn print_job(job: &JobRecord) {
     }
 }
 
-async fn list(ledger: &Ledger, json: bool) -> anyhow::Result<()> {
+async fn list(ledger: &Ledger, output: OutputFormat) -> anyhow::Result<()> {
     let mut jobs = Vec::new();
     for job_id in ledger
         .active_jobs()
@@ -122,9 +143,8 @@ async fn list(ledger: &Ledger, json: bool) -> anyhow::Result<()> {
             jobs.push(without_manifest(job));
         }
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
-        return Ok(());
+    if output.is_json() {
+        return print_json(&jobs);
     }
     println!(
         "{:<24} {:<10} {:>7} {:>9} {:>7}  name",

@@ -7,6 +7,7 @@ use anyhow::Context;
 use spillway_common::manifest;
 use spillway_common::task::job_id;
 
+use super::output::{OutputFormat, print_json};
 use crate::config::Config;
 use crate::intake::redis_stream;
 use crate::intake::sqs::SqsQueue;
@@ -92,10 +93,43 @@ async fn send_to_sqs(
     Ok(message_id)
 }
 
+/// What `spillway validate --output json` prints.
+#[derive(serde::Serialize)]
+struct Validation {
+    valid: bool,
+    job_id: Option<String>,
+    tasks: Option<usize>,
+    records: Option<u64>,
+    errors: Vec<manifest::ManifestError>,
+}
+
 /// `spillway validate FILE`: prints every error, or the job id and task count.
-pub fn validate(file: &Path) -> anyhow::Result<()> {
+pub fn validate(file: &Path, output: OutputFormat) -> anyhow::Result<()> {
     let body = std::fs::read(file)
         .with_context(|| format!("failed to read manifest {}", file.display()))?;
+    if output.is_json() {
+        let report = match manifest::parse(&body) {
+            Ok(manifest) => Validation {
+                valid: true,
+                job_id: Some(job_id(&manifest)),
+                tasks: Some(spillway_common::task::slice(&manifest).len()),
+                records: Some(manifest.total_records()),
+                errors: Vec::new(),
+            },
+            Err(errors) => Validation {
+                valid: false,
+                job_id: None,
+                tasks: None,
+                records: None,
+                errors: errors.0,
+            },
+        };
+        print_json(&report)?;
+        if !report.valid {
+            anyhow::bail!("{}: invalid manifest", file.display());
+        }
+        return Ok(());
+    }
     let manifest =
         manifest::parse(&body).map_err(|errors| anyhow::anyhow!("{}: {errors}", file.display()))?;
     let tasks = spillway_common::task::slice(&manifest);
