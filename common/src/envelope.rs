@@ -98,6 +98,31 @@ pub struct JobEnvelope {
     pub admitted_at: String,
     pub finished_at: String,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// What the job's worker time cost, from the daemon's price table at reduce time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<JobCost>,
+}
+
+/// A job's cost, itemised by kind of worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCost {
+    /// Currency code of the price table, such as `USD`.
+    pub currency: String,
+    pub total: f64,
+    pub lines: Vec<CostLine>,
+}
+
+/// One kind of worker's share of a job's cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostLine {
+    pub backend: String,
+    pub gpu_sku: String,
+    pub gpus_per_worker: u32,
+    /// Task runtime summed over every attempt.
+    pub worker_secs: f64,
+    /// `worker_secs` times `gpus_per_worker`.
+    pub gpu_secs: f64,
+    pub cost: f64,
 }
 
 /// A task that did not succeed.

@@ -20,4 +20,5 @@ pub mod model;
 pub mod process;
 pub mod store;
 pub mod task;
+pub mod train;
 pub mod worker_env;

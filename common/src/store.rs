@@ -1,13 +1,16 @@
 //! Object store access by URI: SHA-256-verified reads and create-only writes.
 //!
-//! The scheme picks the store: `file:///path` for the local filesystem and
+//! The scheme picks the store: `file:///path` for the local filesystem,
 //! `s3://bucket/key` for Amazon S3 or an S3-compatible service, configured by `AWS_*`
-//! environment variables that the daemon and its workers share (names and defaults
-//! in the `s3` submodule). Results and envelopes are written with
+//! environment variables (names and defaults in the `s3` submodule), and
+//! `gs://bucket/key` for Google Cloud Storage, configured by Google's variables (the
+//! `gcs` submodule). The daemon and its workers read the same variables. Every store
+//! is an object_store [`ObjectStore`]. Results and envelopes are written with
 //! [`PutMode::Create`], so a second writer of the same key gets
 //! [`PutOutcome::AlreadyExisted`] and the first value stays. On S3 this is a
-//! conditional `If-None-Match: *` upload.
+//! conditional `If-None-Match: *` upload, on GCS an upload with `ifGenerationMatch=0`.
 
+mod gcs;
 mod s3;
 
 use std::sync::Arc;
@@ -78,24 +81,37 @@ pub struct Location {
     pub uri: String,
 }
 
-/// Resolves a URI to its store and path. S3 settings come from the process
-/// environment, read once per bucket.
-pub fn locate(uri: &str) -> Result<Location, StoreError> {
-    resolve(uri, s3::env_store)
+/// A store whose buckets are configured by environment variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloudStore {
+    S3,
+    Gcs,
 }
 
-/// Resolves a URI like [`locate`], but builds an S3 store from `variables` (the same
-/// `AWS_*` names) in place of the process environment, without caching it.
+/// Resolves a URI to its store and path. S3 and GCS settings come from the process
+/// environment, read once per bucket (S3) or once per process (GCS).
+pub fn locate(uri: &str) -> Result<Location, StoreError> {
+    resolve(uri, |cloud, bucket| match cloud {
+        CloudStore::S3 => s3::env_store(bucket),
+        CloudStore::Gcs => gcs::env_store(bucket),
+    })
+}
+
+/// Resolves a URI like [`locate`], but builds an S3 or GCS store from `variables` (the
+/// same names) in place of the process environment, without caching it.
 pub fn locate_with<I>(uri: &str, variables: I) -> Result<Location, StoreError>
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    resolve(uri, |bucket| s3::build(bucket, variables))
+    resolve(uri, |cloud, bucket| match cloud {
+        CloudStore::S3 => s3::build(bucket, variables),
+        CloudStore::Gcs => gcs::build(bucket, variables),
+    })
 }
 
 fn resolve(
     uri: &str,
-    s3_store: impl FnOnce(&str) -> Result<Arc<dyn ObjectStore>, String>,
+    cloud_store: impl FnOnce(CloudStore, &str) -> Result<Arc<dyn ObjectStore>, String>,
 ) -> Result<Location, StoreError> {
     let invalid = |reason: String| StoreError::InvalidUri {
         uri: uri.to_string(),
@@ -103,15 +119,21 @@ fn resolve(
     };
     let url = Url::parse(uri).map_err(|error| invalid(error.to_string()))?;
 
-    if url.scheme() == "s3" {
+    let cloud = match url.scheme() {
+        "s3" => Some(CloudStore::S3),
+        "gs" => Some(CloudStore::Gcs),
+        _ => None,
+    };
+    if let Some(cloud) = cloud {
+        let scheme = url.scheme();
         let Some(bucket) = url.host_str().filter(|bucket| !bucket.is_empty()) else {
-            return Err(invalid(
-                "an s3:// URI needs a bucket: s3://bucket/key".into(),
-            ));
+            return Err(invalid(format!(
+                "a {scheme}:// URI needs a bucket: {scheme}://bucket/key"
+            )));
         };
         let (_, path) =
             ObjectStoreScheme::parse(&url).map_err(|error| invalid(error.to_string()))?;
-        let store = s3_store(bucket).map_err(|reason| StoreError::Config {
+        let store = cloud_store(cloud, bucket).map_err(|reason| StoreError::Config {
             uri: uri.to_string(),
             reason,
         })?;

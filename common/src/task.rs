@@ -45,6 +45,10 @@ pub struct TaskSpec {
     /// Zero-based line number of the first record in the shard.
     pub first_record: u64,
     pub records: u64,
+    /// The training round and its weights file, for `contrastive` and `prompt_tune`
+    /// tasks; `None` for `embed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<crate::train::TrainRound>,
 }
 
 /// Slices a manifest into tasks of at most `records_per_task` records each.
@@ -66,6 +70,7 @@ pub fn slice(manifest: &Manifest) -> Vec<TaskSpec> {
                 shard: shard.clone(),
                 first_record,
                 records,
+                round: None,
             });
             first_record += records;
         }

@@ -44,6 +44,15 @@ fn worker() -> impl Strategy<Value = WorkerRef> {
     ]
 }
 
+fn notify_target() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9.-]{1,40}(:[0-9]{1,5})?/[0-9]{12}/[A-Za-z0-9_-]{1,80}"
+            .prop_map(|rest| format!("sqs://{rest}")),
+        ("[a-z][a-z0-9-]{5,29}", "[A-Za-z][A-Za-z0-9._~+%-]{2,100}")
+            .prop_map(|(project, topic)| format!("pubsub://projects/{project}/topics/{topic}")),
+    ]
+}
+
 fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
     prop::collection::btree_map("[a-z0-9_.-]{1,63}", ".{0,40}", 0..6)
 }
@@ -63,11 +72,13 @@ prop_compose! {
         priority in -100_i32..=100,
         idempotency_key in prop::option::of("[ -~]{1,256}"),
         labels in labels(),
+        notify in prop::option::of(notify_target()),
     ) -> Manifest {
         Manifest {
             version: 1,
             name,
             kernel: Kernel::Embed { max_seq_len },
+            training: None,
             model: ModelRef {
                 uri: "file:///opt/models/all-MiniLM-L6-v2/".to_owned(),
                 sha256: model_sha256,
@@ -82,6 +93,7 @@ prop_compose! {
             priority,
             idempotency_key,
             labels,
+            notify,
         }
     }
 }

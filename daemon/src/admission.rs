@@ -35,6 +35,8 @@ pub enum Decision {
 pub struct Admitter {
     pub ledger: Ledger,
     pub backends: Vec<Arc<dyn Backend>>,
+    /// Notification targets that manifests may name.
+    pub notify_targets: crate::notify::AllowedTargets,
 }
 
 impl Admitter {
@@ -50,6 +52,13 @@ impl Admitter {
         };
 
         if let Err(error) = supported_stores(&manifest) {
+            let reason = ManifestErrors(vec![error.clone()]).to_string();
+            return Ok(Decision::Rejected {
+                reason,
+                errors: vec![error],
+            });
+        }
+        if let Err(error) = self.notify_targets.check(&manifest) {
             let reason = ManifestErrors(vec![error.clone()]).to_string();
             return Ok(Decision::Rejected {
                 reason,
@@ -112,7 +121,8 @@ fn supported_stores(manifest: &manifest::Manifest) -> Result<(), ManifestError> 
                 path: path.into(),
                 value: uri,
                 problem: format!("this Spillway build cannot use the store: {error}"),
-                fix: "use a store this site supports (file://, or s3:// with AWS_* settings)"
+                fix: "use a store this site supports: file://, s3:// with AWS_* settings, or \
+                      gs:// with Google credentials or STORAGE_EMULATOR_HOST"
                     .into(),
             });
         }

@@ -25,8 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: admit manifests, place workers, reduce finished jobs.
     Serve,
-    /// Validate a manifest and send it to the intake stream or an SQS queue, then print
-    /// the job id.
+    /// Validate a manifest and send it to the intake stream, an SQS queue or a Pub/Sub
+    /// topic, then print the job id.
     Submit {
         /// Manifest file (JSON).
         file: PathBuf,
@@ -37,6 +37,11 @@ pub enum Command {
         /// of an [[intake.sqs]] table, whose region, endpoint and credentials are used.
         #[arg(long, value_name = "QUEUE_URL")]
         sqs: Option<String>,
+        /// Publish to this Pub/Sub topic instead of the Redis stream: the `topic` of an
+        /// [[intake.pubsub]] table, as its id or as projects/PROJECT/topics/TOPIC. That
+        /// table's endpoint and credentials are used.
+        #[arg(long, value_name = "TOPIC", conflicts_with = "sqs")]
+        pubsub: Option<String>,
     },
     /// Show a job's progress, or list active and recent jobs without JOB.
     Status {
@@ -94,4 +99,9 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Replay an arrival trace through the placement engine with simulated Slurm and
+    /// Batch backends, and compare its cost and deadline misses with dedicated
+    /// clusters sized for the peak and for the mean. Needs no Redis or configuration.
+    /// A flag overrides the same key of the trace's settings line.
+    Simulate(crate::commands::simulate::SimulateArgs),
 }

@@ -5,8 +5,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod batch;
+mod cost;
+mod notify;
+mod placement;
+mod pubsub;
 mod slurm;
 mod sqs;
+pub use batch::{BatchBackendConfig, BatchQueueConfig};
+pub use cost::CostConfig;
+#[cfg(test)]
+pub use cost::PriceConfig;
+pub use notify::{NotifyConfig, PubsubNotifyConfig, SqsNotifyConfig};
+pub use placement::PlacementConfig;
+pub use pubsub::{GoogleCredentials, PubsubSubscriptionConfig};
 pub use slurm::{SlurmApiKind, SlurmBackendConfig};
 pub use sqs::SqsQueueConfig;
 
@@ -23,6 +35,12 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub backend: BackendConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    #[serde(default)]
+    pub cost: CostConfig,
+    #[serde(default)]
+    pub placement: PlacementConfig,
 }
 
 /// The Redis ledger.
@@ -39,7 +57,8 @@ pub struct LedgerConfig {
     pub password_file: Option<PathBuf>,
 }
 
-/// Intake sources: the Redis stream and any number of SQS queues.
+/// Intake sources: the Redis stream and any number of SQS queues and Pub/Sub
+/// subscriptions.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeConfig {
@@ -48,6 +67,10 @@ pub struct IntakeConfig {
     /// SQS queues, one `[[intake.sqs]]` table each; every queue gets its own intake loop.
     #[serde(default)]
     pub sqs: Vec<SqsQueueConfig>,
+    /// Pub/Sub subscriptions, one `[[intake.pubsub]]` table each; every subscription
+    /// gets its own intake loop.
+    #[serde(default)]
+    pub pubsub: Vec<PubsubSubscriptionConfig>,
 }
 
 /// The on-site intake: a Redis stream read through a consumer group.
@@ -112,6 +135,8 @@ pub struct BackendConfig {
     pub local: LocalBackendConfig,
     #[serde(default)]
     pub slurm: SlurmBackendConfig,
+    #[serde(default)]
+    pub batch: BatchBackendConfig,
 }
 
 /// Worker processes on this machine.
@@ -268,7 +293,12 @@ impl Config {
             "use at least 1",
         );
         problems.extend(sqs::problems(&self.intake.sqs));
+        problems.extend(pubsub::problems(&self.intake.pubsub));
+        problems.extend(notify::problems(&self.notify));
+        problems.extend(cost::problems(&self.cost));
+        problems.extend(placement::problems(&self.placement));
         problems.extend(self.backend.slurm.problems());
+        problems.extend(self.backend.batch.problems());
         problems
     }
 

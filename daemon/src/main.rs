@@ -5,8 +5,11 @@ mod backend;
 mod cli;
 mod commands;
 mod config;
+mod cost;
 mod intake;
 mod metrics;
+mod notify;
+mod placement;
 mod reconcile;
 mod reduce;
 mod service;
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Validate { file, output } => return commands::submit::validate(file, *output),
+        Command::Simulate(args) => return commands::simulate::run(args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "spillway", &mut std::io::stdout());
@@ -62,10 +66,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             file,
             no_validate,
             sqs,
-        } => commands::submit::run(&config, &file, !no_validate, sqs.as_deref()).await,
+            pubsub,
+        } => {
+            let destination = match (sqs, pubsub) {
+                (Some(queue_url), _) => commands::submit::Destination::Sqs(queue_url),
+                (None, Some(topic)) => commands::submit::Destination::Pubsub(topic),
+                (None, None) => commands::submit::Destination::RedisStream,
+            };
+            commands::submit::run(&config, &file, !no_validate, &destination).await
+        }
         Command::Status { job, watch, output } => {
             let ledger = connect(&config).await?;
-            commands::status::run(&ledger, job.as_deref(), watch, output).await
+            let prices = cost::PriceTable::new(config.cost.clone());
+            commands::status::run(&ledger, &prices, job.as_deref(), watch, output).await
         }
         Command::Results { job, output } => {
             let ledger = connect(&config).await?;
@@ -92,7 +105,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Validate { .. } | Command::Completions { .. } | Command::Man => {
+        Command::Validate { .. }
+        | Command::Simulate(_)
+        | Command::Completions { .. }
+        | Command::Man => {
             unreachable!("handled above")
         }
     }

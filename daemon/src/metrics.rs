@@ -46,6 +46,32 @@ pub struct AttemptLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabels {
+    pub backend: String,
+    /// GPU model as workers report it, or `cpu`.
+    pub gpu: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeriodLabels {
+    /// `hour` or `day`.
+    pub period: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacementLabels {
+    pub backend: String,
+    /// The decision's reason, such as `spill_for_deadline` or `pool_full`.
+    pub reason: String,
+}
+
+/// A counter of fractional amounts, such as seconds or money.
+pub type FloatCounter = Counter<f64, std::sync::atomic::AtomicU64>;
+
+/// A gauge of fractional amounts.
+pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// Handles to every metric; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -63,6 +89,14 @@ pub struct Metrics {
     pub duplicates_suppressed: Counter,
     pub task_runtime_seconds: Family<TaskLabels, Histogram>,
     pub task_wait_seconds: Family<TaskLabels, Histogram>,
+    pub worker_seconds: Family<GpuLabels, FloatCounter>,
+    pub gpu_seconds: Family<GpuLabels, FloatCounter>,
+    pub cost: Family<BackendLabels, FloatCounter>,
+    pub cost_budget: Family<PeriodLabels, FloatGauge>,
+    pub placement_workers: Family<PlacementLabels, Gauge>,
+    pub placement_requests: Family<PlacementLabels, Counter>,
+    pub jobs_deadline_at_risk: Gauge,
+    pub backend_available: Family<BackendLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -88,6 +122,14 @@ impl Metrics {
             duplicates_suppressed: Counter::default(),
             task_runtime_seconds: Family::new_with_constructor(latency_histogram),
             task_wait_seconds: Family::new_with_constructor(latency_histogram),
+            worker_seconds: Family::default(),
+            gpu_seconds: Family::default(),
+            cost: Family::default(),
+            cost_budget: Family::default(),
+            placement_workers: Family::default(),
+            placement_requests: Family::default(),
+            jobs_deadline_at_risk: Gauge::default(),
+            backend_available: Family::default(),
         };
 
         registry.register(
@@ -155,6 +197,46 @@ impl Metrics {
             "Time a task spent queued before it was leased",
             metrics.task_wait_seconds.clone(),
         );
+        registry.register(
+            "worker_seconds",
+            "Task runtime of workers, every attempt, by backend and GPU model",
+            metrics.worker_seconds.clone(),
+        );
+        registry.register(
+            "gpu_seconds",
+            "Task runtime times GPUs per worker, every attempt, by backend and GPU model",
+            metrics.gpu_seconds.clone(),
+        );
+        registry.register(
+            "cost",
+            "Cost of task runtime from the configured price table, in its currency",
+            metrics.cost.clone(),
+        );
+        registry.register(
+            "cost_budget",
+            "Configured spending budget per period (0: none), in the price table's currency",
+            metrics.cost_budget.clone(),
+        );
+        registry.register(
+            "placement_workers",
+            "Workers that placement wants per backend, by the reason of each job's decision",
+            metrics.placement_workers.clone(),
+        );
+        registry.register(
+            "placement_requests",
+            "Workers requested from backends, by backend and placement reason",
+            metrics.placement_requests.clone(),
+        );
+        registry.register(
+            "jobs_deadline_at_risk",
+            "Running jobs that placement expects to miss their deadline",
+            metrics.jobs_deadline_at_risk.clone(),
+        );
+        registry.register(
+            "backend_available",
+            "1 when a backend takes requests, 0 while its circuit breaker is open",
+            metrics.backend_available.clone(),
+        );
 
         Self {
             registry: Arc::new(registry),
@@ -198,6 +280,18 @@ impl Metrics {
             };
             let _ = self.workers.get_or_create(&labels);
             let _ = self.workers_started.get_or_create(&labels);
+            let _ = self.cost.get_or_create(&labels);
+        }
+    }
+
+    /// Sets the budget gauges from the configuration.
+    pub fn set_budgets(&self, per_hour: f64, per_day: f64) {
+        for (period, amount) in [("hour", per_hour), ("day", per_day)] {
+            self.cost_budget
+                .get_or_create(&PeriodLabels {
+                    period: period.into(),
+                })
+                .set(amount);
         }
     }
 

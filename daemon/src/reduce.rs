@@ -12,6 +12,8 @@ use spillway_common::manifest::Manifest;
 use spillway_common::store::{self, PutOutcome};
 use tracing::{info, warn};
 
+use crate::cost::PriceTable;
+
 /// Result files read at once.
 const READ_CONCURRENCY: usize = 16;
 
@@ -39,11 +41,14 @@ pub enum ReduceError {
     },
 }
 
-/// Reduces a job whose tasks are all terminal and records its final state.
+/// Reduces a job whose tasks are all terminal and records its final state. The run
+/// identity names the GPU models that ran the job's attempts, or `gpu_sku` when no
+/// worker recorded its usage.
 pub async fn reduce(
     ledger: &Ledger,
     job: &JobRecord,
     gpu_sku: &str,
+    prices: &PriceTable,
 ) -> Result<Reduced, ReduceError> {
     let manifest = job.manifest()?;
     let tasks = ledger.tasks(&job.job_id, job.tasks_total).await?;
@@ -68,7 +73,16 @@ pub async fn reduce(
         ("failed", None)
     };
 
-    let identity = job_identity(&manifest, gpu_sku);
+    let usage = ledger.usage(&job.job_id).await?;
+    let mut skus: Vec<&str> = usage.iter().map(|entry| entry.gpu_sku.as_str()).collect();
+    skus.sort_unstable();
+    skus.dedup();
+    let gpu_sku = if skus.is_empty() {
+        gpu_sku.to_string()
+    } else {
+        skus.join("+")
+    };
+    let identity = job_identity(&manifest, &gpu_sku);
     let envelope = JobEnvelope {
         job_id: job.job_id.clone(),
         name: job.name.clone(),
@@ -85,6 +99,7 @@ pub async fn reduce(
         admitted_at: rfc3339_from_ms(job.admitted_at_ms),
         finished_at: rfc3339_from_ms(spillway_common::ledger::now_ms()),
         labels: manifest.labels.clone(),
+        cost: Some(prices.job_cost(&usage)),
     };
 
     let envelope_uri = layout::job_envelope_uri(&manifest.output, &job.job_id);

@@ -1,8 +1,12 @@
 //! Harness for Spillway's integration tests: real Redis servers and the project's
 //! binaries, started per test on loopback and stopped by pid.
 
+pub mod batch;
+pub mod gcs;
+pub mod http_count;
 pub mod moto;
 pub mod proxy;
+pub mod pubsub;
 pub mod slurm;
 
 use std::net::TcpListener;

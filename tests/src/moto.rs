@@ -1,5 +1,5 @@
-//! A moto server, the AWS stand-in for SQS and S3, on 127.0.0.1: started per test from
-//! the folder that scripts/install-deps.sh fills, and stopped by pid.
+//! A moto server, the AWS stand-in for SQS, S3 and Batch, on 127.0.0.1: started per
+//! test from the folder that scripts/install-deps.sh fills, and stopped by pid.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -136,6 +136,63 @@ impl MotoServer {
         Ok(())
     }
 
+    /// Switches moto's Batch to its mode without Docker, where a job succeeds inside
+    /// SubmitJob. The setting survives `/moto-api/reset`.
+    pub fn use_batch_without_docker(&self) -> anyhow::Result<()> {
+        let body = r#"{"batch":{"use_docker":false}}"#;
+        let request = format!(
+            "POST /moto-api/config HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        let response = http_exchange(self.port, &request)?;
+        anyhow::ensure!(
+            response.starts_with("HTTP/1.1 2"),
+            "setting moto's Batch mode failed: {response}"
+        );
+        Ok(())
+    }
+
+    /// Creates an IAM role with one unsigned IAM query call and returns its ARN. moto
+    /// routes the call by the service in the Authorization header's credential scope.
+    pub fn create_role(&self, name: &str) -> anyhow::Result<String> {
+        let body = format!(
+            "Action=CreateRole&Version=2010-05-08&RoleName={name}&AssumeRolePolicyDocument=%7B%7D"
+        );
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20250101/{S3_REGION}/iam/aws4_request, SignedHeaders=host, Signature=0\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}",
+            port = self.port,
+            length = body.len(),
+        );
+        let response = http_exchange(self.port, &request)?;
+        let arn = response
+            .split_once("<Arn>")
+            .and_then(|(_, rest)| rest.split_once("</Arn>"))
+            .map(|(arn, _)| arn.to_string());
+        arn.ok_or_else(|| anyhow::anyhow!("creating IAM role {name} failed: {response}"))
+    }
+
+    /// Builds a Batch client for `region` at `endpoint` (this server or a stand-in in
+    /// front of it) with explicit credentials.
+    pub fn batch_client(endpoint: &str, region: &str) -> aws_sdk_batch::Client {
+        let config = aws_sdk_batch::Config::builder()
+            .behavior_version(aws_sdk_batch::config::BehaviorVersion::latest())
+            .region(aws_sdk_batch::config::Region::new(region.to_string()))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_batch::config::Credentials::new(
+                ACCESS_KEY_ID,
+                SECRET_ACCESS_KEY,
+                None,
+                None,
+                "moto",
+            ))
+            .build();
+        aws_sdk_batch::Client::from_conf(config)
+    }
+
     fn wait_ready(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let request = format!(
@@ -216,4 +273,42 @@ pub async fn queue_depth(client: &aws_sdk_sqs::Client, url: &str) -> u64 {
     .iter()
     .map(|name| attributes[name].parse::<u64>().expect("a number"))
     .sum()
+}
+
+/// Creates an unmanaged compute environment and a job queue on it in the client's
+/// region, and returns the queue's ARN. `service_role_arn` must exist in moto's IAM.
+pub async fn create_job_queue(
+    client: &aws_sdk_batch::Client,
+    name: &str,
+    service_role_arn: &str,
+) -> String {
+    use aws_sdk_batch::types::{CeState, CeType, ComputeEnvironmentOrder, JqState};
+
+    let environment = client
+        .create_compute_environment()
+        .compute_environment_name(format!("{name}-environment"))
+        .r#type(CeType::Unmanaged)
+        .state(CeState::Enabled)
+        .service_role(service_role_arn)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("create compute environment for {name}: {error:?}"));
+    let order = ComputeEnvironmentOrder::builder()
+        .order(1)
+        .compute_environment(
+            environment
+                .compute_environment_arn()
+                .expect("environment ARN"),
+        )
+        .build();
+    let queue = client
+        .create_job_queue()
+        .job_queue_name(name)
+        .state(JqState::Enabled)
+        .priority(1)
+        .compute_environment_order(order)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("create job queue {name}: {error:?}"));
+    queue.job_queue_arn().expect("job queue ARN").to_string()
 }

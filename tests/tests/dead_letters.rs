@@ -105,7 +105,7 @@ fn malformed(base: &serde_json::Value) -> Vec<(&'static str, Vec<u8>, &'static s
         ),
         (
             "store this build lacks",
-            edited(base, |m| m["output"] = "gs://bucket/out/".into()),
+            edited(base, |m| m["output"] = "hdfs://namenode/out/".into()),
             "output",
         ),
         (

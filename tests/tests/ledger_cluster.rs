@@ -358,6 +358,9 @@ async fn workers_and_observations() {
             outcome: "succeeded".into(),
             runtime_secs: f64::from(i),
             wait_secs: 0.5,
+            gpu_sku: "cpu".into(),
+            gpus: 0,
+            model_sha256: String::new(),
         })
         .collect();
     for observation in &observations {

@@ -181,7 +181,7 @@ async fn bad_partition_is_named_and_loses_nothing() {
     assert_eq!(job.state, "running");
     assert_eq!(job.queued, 2, "tasks must stay queued: {job:?}");
     let log = daemon.log();
-    assert!(log.contains("failed to reconcile job"), "{log}");
+    assert!(log.contains("failed to start workers"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -178,6 +178,32 @@ pub struct TaskObservation {
     pub runtime_secs: f64,
     /// Time the task spent queued before this lease.
     pub wait_secs: f64,
+    /// GPU model of the worker, or `cpu`; empty from workers older than this field.
+    #[serde(default)]
+    pub gpu_sku: String,
+    /// GPUs the worker holds (0 on the CPU).
+    #[serde(default)]
+    pub gpus: u32,
+    /// Digest of the model the kernel ran, which keys the learned task durations.
+    #[serde(default)]
+    pub model_sha256: String,
+}
+
+/// Worker time that a job used on one kind of worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub backend: String,
+    pub gpu_sku: String,
+    pub gpus_per_worker: u32,
+    /// Task runtime summed over attempts, in seconds.
+    pub worker_secs: f64,
+}
+
+impl UsageEntry {
+    /// GPU time: worker time times GPUs per worker.
+    pub fn gpu_secs(&self) -> f64 {
+        self.worker_secs * f64::from(self.gpus_per_worker)
+    }
 }
 
 /// Connection to the ledger; cheap to clone.
@@ -615,6 +641,87 @@ impl Ledger {
             .invoke_async(&mut conn)
             .await
             .map_err(|source| self.redis_error("count_workers", job_id, source))
+    }
+
+    /// Adds to the burst spend of a UTC day and returns the new total. The key expires
+    /// after a few days.
+    pub async fn add_burst_spend(&self, day: &str, amount: f64) -> Result<f64, LedgerError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.burst_spend(day);
+        let (total, _): (f64, bool) = redis::pipe()
+            .cmd("INCRBYFLOAT")
+            .arg(&key)
+            .arg(amount)
+            .expire(&key, 3 * 86_400)
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("add_burst_spend", day, source))?;
+        Ok(total)
+    }
+
+    /// Returns the burst spend of a UTC day so far.
+    pub async fn burst_spend(&self, day: &str) -> Result<f64, LedgerError> {
+        let mut conn = self.conn.clone();
+        let total: Option<f64> = conn
+            .get(self.keys.burst_spend(day))
+            .await
+            .map_err(|source| self.redis_error("burst_spend", day, source))?;
+        Ok(total.unwrap_or(0.0))
+    }
+
+    /// Returns how long the task at the head of a job's queue has waited for a worker,
+    /// or `None` when nothing is queued. A retried task counts from its requeue.
+    pub async fn queue_wait(&self, job_id: &str) -> Result<Option<Duration>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let wait_ms: Option<u64> = scripts::QUEUE_WAIT
+            .key(self.keys.job(job_id))
+            .key(self.keys.queue(job_id))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("queue_wait", job_id, source))?;
+        Ok(wait_ms.map(Duration::from_millis))
+    }
+
+    /// Adds one attempt's runtime to its job's usage, which prices the job. Every
+    /// attempt counts, because a duplicate or a failed attempt costs as much.
+    pub async fn record_usage(&self, job_id: &str, entry: &UsageEntry) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let field = format!(
+            "{}|{}|{}",
+            entry.backend, entry.gpu_sku, entry.gpus_per_worker
+        );
+        let _: f64 = redis::cmd("HINCRBYFLOAT")
+            .arg(self.keys.usage(job_id))
+            .arg(field)
+            .arg(entry.worker_secs)
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("record_usage", job_id, source))?;
+        Ok(())
+    }
+
+    /// Returns the worker time a job has used so far, one entry per kind of worker,
+    /// sorted by backend and GPU.
+    pub async fn usage(&self, job_id: &str) -> Result<Vec<UsageEntry>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let fields: std::collections::BTreeMap<String, f64> = conn
+            .hgetall(self.keys.usage(job_id))
+            .await
+            .map_err(|source| self.redis_error("usage", job_id, source))?;
+        Ok(fields
+            .into_iter()
+            .filter_map(|(field, worker_secs)| {
+                // Backend names have no `|`; a GPU model name might.
+                let (backend, rest) = field.split_once('|')?;
+                let (gpu_sku, gpus) = rest.rsplit_once('|')?;
+                Some(UsageEntry {
+                    backend: backend.to_string(),
+                    gpu_sku: gpu_sku.to_string(),
+                    gpus_per_worker: gpus.parse().ok()?,
+                    worker_secs,
+                })
+            })
+            .collect())
     }
 
     /// Records an observation for the daemon's metrics; failures only lose a sample.

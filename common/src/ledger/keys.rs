@@ -51,6 +51,17 @@ impl Keys {
         format!("{}:{{{job_id}}}:arrays", self.prefix)
     }
 
+    /// Hash of the worker time a job used: `<backend>|<gpu sku>|<gpus per worker>` →
+    /// seconds of task runtime, summed over every attempt, duplicates and failures too.
+    pub fn usage(&self, job_id: &str) -> String {
+        format!("{}:{{{job_id}}}:usage", self.prefix)
+    }
+
+    /// Burst spend of one UTC day (`YYYY-MM-DD`), over every daemon, for the daily cap.
+    pub fn burst_spend(&self, day: &str) -> String {
+        format!("{}:burst-spend:{day}", self.prefix)
+    }
+
     /// Lock that lets one daemon at a time reduce a job.
     pub fn reduce_lock(&self, job_id: &str) -> String {
         format!("{}:{{{job_id}}}:reduce-lock", self.prefix)

@@ -25,3 +25,5 @@ pub static FINISH_JOB: LazyLock<Script> =
     LazyLock::new(|| load(include_str!("lua/finish_job.lua")));
 pub static COUNT_WORKERS: LazyLock<Script> =
     LazyLock::new(|| load(include_str!("lua/count_workers.lua")));
+pub static QUEUE_WAIT: LazyLock<Script> =
+    LazyLock::new(|| load(include_str!("lua/queue_wait.lua")));

@@ -3,8 +3,10 @@
 //! `parse` turns raw bytes into a [`Manifest`] or into [`ManifestErrors`], which lists
 //! every problem at once with its field path, the rejected value and the fix.
 
+mod training;
 mod types;
 mod validate;
 
+pub use training::*;
 pub use types::*;
 pub use validate::{ManifestError, ManifestErrors, parse};

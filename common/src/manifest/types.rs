@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::training::{
+    DEFAULT_PROMPT_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TRAIN_MAX_SEQ_LEN, PromptInit, Trainable,
+    Training,
+};
 use crate::digest::Sha256Hex;
 
 /// The only manifest format version this build reads.
@@ -29,6 +33,10 @@ pub struct Manifest {
     pub name: String,
     /// The kernel that every task runs, with its settings.
     pub kernel: Kernel,
+    /// The training loop; required by `contrastive` and `prompt_tune`, rejected for
+    /// `embed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<Training>,
     /// The model that the kernel loads.
     pub model: ModelRef,
     /// Input shards, in record order. The artefact keeps this order.
@@ -76,6 +84,17 @@ pub struct Manifest {
         "additionalProperties" = { "type": "string", "maxLength": 256 }
     ))]
     pub labels: BTreeMap<String, String>,
+    /// Where a notice goes when the job succeeds, fails or is cancelled: an SQS queue
+    /// as `sqs://` followed by the host and path of its URL, or a Pub/Sub topic as
+    /// `pubsub://projects/PROJECT/topics/TOPIC`. The site's configuration lists the
+    /// targets it accepts; a manifest naming another is rejected. Without it, the
+    /// site's default target, if any, gets the notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 1024),
+        regex(pattern = r"^(sqs://[^/\s]+/\S*[^/\s]|pubsub://projects/[^/\s]+/topics/[^/\s]+)$")
+    )]
+    pub notify: Option<String>,
 }
 
 /// The kernel a job runs, tagged by `name`.
@@ -89,10 +108,60 @@ pub enum Kernel {
         #[schemars(range(min = 1, max = 512))]
         max_seq_len: u32,
     },
+    /// Contrastive fine-tuning of the encoder with in-batch InfoNCE on (anchor,
+    /// positive) pairs. A task writes the gradients of its micro-batch.
+    Contrastive {
+        /// Tokens per text after truncation (1 to 512, default 128).
+        #[serde(default = "default_train_max_seq_len")]
+        #[schemars(range(min = 1, max = 512))]
+        max_seq_len: u32,
+        /// InfoNCE temperature that divides the cosine similarities (0.001 to 1,
+        /// default 0.05).
+        #[serde(default = "default_temperature")]
+        #[schemars(range(min = 0.001, max = 1))]
+        temperature: f64,
+        /// Parameters that train: `"all"` or `{"top_layers": N}` (default
+        /// `{"top_layers": 2}`).
+        #[serde(default)]
+        trainable: Trainable,
+    },
+    /// Prompt tuning: soft-prompt vectors prepended to the frozen encoder's token
+    /// embeddings, trained with the `contrastive` objective. A task writes the
+    /// gradient of the prompt.
+    PromptTune {
+        /// Tokens per text after truncation, not counting the prompt (1 to 512,
+        /// default 128). With the prompt, at most 512 positions.
+        #[serde(default = "default_train_max_seq_len")]
+        #[schemars(range(min = 1, max = 512))]
+        max_seq_len: u32,
+        /// InfoNCE temperature (0.001 to 1, default 0.05).
+        #[serde(default = "default_temperature")]
+        #[schemars(range(min = 0.001, max = 1))]
+        temperature: f64,
+        /// Number of soft-prompt vectors (1 to 128, default 8).
+        #[serde(default = "default_prompt_length")]
+        #[schemars(range(min = 1, max = 128))]
+        prompt_length: u32,
+        /// How the prompt starts: `"vocab"` (default) or `"random"`.
+        #[serde(default)]
+        prompt_init: PromptInit,
+    },
 }
 
 fn default_max_seq_len() -> u32 {
     256
+}
+
+fn default_train_max_seq_len() -> u32 {
+    DEFAULT_TRAIN_MAX_SEQ_LEN
+}
+
+fn default_temperature() -> f64 {
+    DEFAULT_TEMPERATURE
+}
+
+fn default_prompt_length() -> u32 {
+    DEFAULT_PROMPT_LENGTH
 }
 
 impl Kernel {
@@ -100,7 +169,14 @@ impl Kernel {
     pub fn name(&self) -> &'static str {
         match self {
             Kernel::Embed { .. } => "embed",
+            Kernel::Contrastive { .. } => "contrastive",
+            Kernel::PromptTune { .. } => "prompt_tune",
         }
+    }
+
+    /// Returns whether the kernel trains, so that the job runs in rounds.
+    pub fn is_training(&self) -> bool {
+        !matches!(self, Kernel::Embed { .. })
     }
 }
 
@@ -120,7 +196,8 @@ pub struct ModelRef {
     pub sha256: Sha256Hex,
 }
 
-/// One input shard: a JSONL file of `{"id", "text"}` records.
+/// One input shard: a JSONL file of `{"id", "text"}` records, or of
+/// `{"id", "anchor", "positive"}` pairs for the training kernels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShardRef {

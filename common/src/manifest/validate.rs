@@ -9,6 +9,7 @@
 mod json;
 mod rules;
 mod sections;
+mod training;
 mod walk;
 
 use std::fmt;
@@ -115,10 +116,17 @@ fn drop_optional_nulls(document: &mut Value) {
         return;
     };
     top.retain(|_, value| !value.is_null());
-    for section in ["kernel", "model", "worker"] {
+    for section in ["kernel", "model", "worker", "training"] {
         if let Some(object) = top.get_mut(section).and_then(Value::as_object_mut) {
             object.retain(|_, value| !value.is_null());
         }
+    }
+    if let Some(optimizer) = top
+        .get_mut("training")
+        .and_then(|training| training.get_mut("optimizer"))
+        .and_then(Value::as_object_mut)
+    {
+        optimizer.retain(|_, value| !value.is_null());
     }
     if let Some(shards) = top.get_mut("inputs").and_then(Value::as_array_mut) {
         for shard in shards.iter_mut().filter_map(Value::as_object_mut) {

@@ -2,10 +2,15 @@
 //! only in how they start N workers and observe them: every worker gets the same
 //! environment contract and finds its work in the ledger.
 
+pub mod batch;
 pub mod local;
 pub mod slurm;
 
+use std::collections::HashMap;
+
 use spillway_common::manifest::Manifest;
+
+use crate::placement::{BackendKind, BackendSnapshot, WorkerCount};
 
 /// Errors from a backend, naming the job.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,8 @@ pub struct LaunchRequest<'a> {
     pub manifest: &'a Manifest,
     /// Workers to start.
     pub count: u32,
+    /// The placement target to start them on: an `id` that `targets` returned.
+    pub target: &'a str,
 }
 
 #[async_trait::async_trait]
@@ -60,5 +67,41 @@ pub trait Backend: Send + Sync {
     /// Ends what is left of a finished job's workers, such as pending array elements.
     async fn finish(&self, _job_id: &str) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    /// Estimated time from a request to a running worker, such as the queue wait on
+    /// Slurm or a container's start on Batch.
+    fn startup_secs(&self) -> f64 {
+        30.0
+    }
+
+    /// Describes this backend to placement as of the last `refresh`: one entry per
+    /// place that can start workers, such as one per Batch job queue. The caller
+    /// fills in the prices. This default describes one pool whose workers all count
+    /// as running.
+    async fn targets(&self, jobs: &[String]) -> Vec<BackendSnapshot> {
+        let mut workers = HashMap::new();
+        for job_id in jobs {
+            let running = self.running(job_id).await;
+            if running > 0 {
+                let count = WorkerCount {
+                    running,
+                    requested: 0,
+                };
+                workers.insert(job_id.clone(), count);
+            }
+        }
+        let total = self.running_total().await;
+        vec![BackendSnapshot {
+            id: self.name().to_string(),
+            kind: BackendKind::Pool,
+            region: None,
+            capacity_workers: self.max_workers(),
+            free_workers: self.max_workers().saturating_sub(total),
+            workers,
+            price_per_worker_hour: 0.0,
+            startup_secs: self.startup_secs(),
+            available: true,
+        }]
     }
 }

@@ -23,9 +23,14 @@ use tracing::{debug, info, warn};
 use super::local::WorkerLedger;
 use super::{Backend, BackendError, LaunchRequest};
 use crate::config::SlurmBackendConfig;
+use crate::placement::{BackendKind, BackendSnapshot, WorkerCount};
 
 /// Name of the backend in metrics, logs and worker ids.
 const NAME: &str = "slurm";
+
+/// Time from submission to a running element when nothing waits: the scheduler's
+/// cycle plus the worker's start. An estimate, not a measurement.
+const DEFAULT_STARTUP_SECS: f64 = 30.0;
 
 /// The batch script used when `backend.slurm.script_template_file` is not set.
 /// `{worker_binary}`, `{image}` and `{index_offset}` are replaced at submission.
@@ -56,6 +61,13 @@ pub struct SlurmBackend {
 struct State {
     /// Live elements per array id, from the last poll.
     alive: HashMap<u64, u32>,
+    /// Elements per array id that the last poll saw waiting for resources.
+    pending: HashMap<u64, u32>,
+    /// When each array with waiting elements was first seen waiting.
+    pending_since: HashMap<u64, Instant>,
+    /// GPUs free in the partition at the last poll; `None` when it has no GPUs or the
+    /// node listing failed.
+    free_gpus: Option<u64>,
     /// Arrays this daemon submitted and no poll has seen yet, with their size.
     unseen: HashMap<u64, (u32, Instant)>,
     /// Array ids per job, from the ledger.
@@ -339,22 +351,103 @@ impl Backend for SlurmBackend {
             .map_err(|error| self.error("poll worker arrays", "*", error))?;
 
         let mut alive: HashMap<u64, u32> = HashMap::new();
+        let mut pending: HashMap<u64, u32> = HashMap::new();
         for record in records.iter().filter(|record| record.state.is_active()) {
             let elements = match record.pending_indices() {
-                Some(pending) => pending.len() as u32,
+                Some(indices) => indices.len() as u32,
                 None => 1,
             };
             *alive.entry(record.tracking_id()).or_default() += elements;
+            if record.state.is_pending() {
+                *pending.entry(record.tracking_id()).or_default() += elements;
+            }
         }
+        // A second request per pass: the free GPUs of the partition, so that placement
+        // sees a pool that other users fill.
+        let free_gpus = match self.api.nodes().await {
+            Ok(nodes) => free_gpus(&nodes, self.config.partition.as_deref()),
+            Err(error) => {
+                debug!(error = %error, "failed to list nodes; free GPUs unknown this pass");
+                None
+            }
+        };
 
         let mut state = self.state.lock().await;
         let seen: Vec<u64> = records.iter().map(|record| record.tracking_id()).collect();
+        let now = Instant::now();
+        let mut since = HashMap::new();
+        for array in pending.keys() {
+            let first = state
+                .pending_since
+                .get(array)
+                .copied()
+                .or_else(|| state.unseen.get(array).map(|(_, submitted)| *submitted))
+                .unwrap_or(now);
+            since.insert(*array, first);
+        }
         state.unseen.retain(|array, (_, submitted)| {
             !seen.contains(array) && submitted.elapsed() < UNSEEN_GRACE
         });
         state.alive = alive;
+        state.pending = pending;
+        state.pending_since = since;
+        state.free_gpus = free_gpus;
         state.arrays_by_job = arrays_by_job;
         Ok(())
+    }
+
+    fn startup_secs(&self) -> f64 {
+        DEFAULT_STARTUP_SECS
+    }
+
+    /// One pool target. Pending and unseen elements count as requested, and the start-up
+    /// estimate grows with the age of the oldest waiting element, so that a pool that
+    /// others keep full makes placement spill.
+    async fn targets(&self, jobs: &[String]) -> Vec<BackendSnapshot> {
+        let state = self.state.lock().await;
+        let mut workers = HashMap::new();
+        let mut running_total = 0;
+        for job_id in jobs {
+            let Some(arrays) = state.arrays_by_job.get(job_id) else {
+                continue;
+            };
+            let mut count = WorkerCount::default();
+            for array in arrays {
+                let live = state.live_elements(*array);
+                let waiting = match state.unseen.get(array) {
+                    Some((size, _)) => *size,
+                    None => state.pending.get(array).copied().unwrap_or(0),
+                };
+                count.requested += waiting.min(live);
+                count.running += live.saturating_sub(waiting);
+            }
+            running_total += count.running;
+            if count.current() > 0 {
+                workers.insert(job_id.clone(), count);
+            }
+        }
+        let oldest_wait = state
+            .pending_since
+            .values()
+            .map(|since| since.elapsed().as_secs_f64())
+            .fold(0.0, f64::max);
+        // Placement subtracts the requested (pending) elements itself, so only running
+        // ones count against the free slots here.
+        let mut free = self.config.max_workers.saturating_sub(running_total);
+        if let Some(gpus) = state.free_gpus {
+            free = free.min(u32::try_from(gpus).unwrap_or(u32::MAX));
+        }
+        vec![BackendSnapshot {
+            id: NAME.to_string(),
+            kind: BackendKind::Pool,
+            region: None,
+            capacity_workers: self.config.max_workers,
+            free_workers: free,
+            workers,
+            price_per_worker_hour: 0.0,
+            startup_secs: DEFAULT_STARTUP_SECS.max(oldest_wait),
+            available: true,
+        }]
     }
 
     async fn finish(&self, job_id: &str) -> Result<(), BackendError> {
@@ -393,6 +486,26 @@ impl SlurmBackend {
             .map_err(|error| self.error("read worker arrays", job_id, error))?;
         Ok(arrays.iter().map(|(_, size)| size).sum())
     }
+}
+
+/// GPUs free on the nodes of `partition` (every node without one) that take jobs, or
+/// `None` when those nodes have no GPUs.
+fn free_gpus(nodes: &[spillway_slurm::NodeInfo], partition: Option<&str>) -> Option<u64> {
+    let in_partition = |node: &&spillway_slurm::NodeInfo| {
+        partition.is_none_or(|name| node.partitions.iter().any(|p| p == name))
+    };
+    let nodes: Vec<_> = nodes.iter().filter(in_partition).collect();
+    let total: u64 = nodes.iter().map(|node| node.gpus).sum();
+    if total == 0 {
+        return None;
+    }
+    Some(
+        nodes
+            .iter()
+            .filter(|node| node.state.accepts_jobs())
+            .map(|node| node.gpus.saturating_sub(node.allocated_gpus))
+            .sum(),
+    )
 }
 
 impl State {

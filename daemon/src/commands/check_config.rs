@@ -50,6 +50,15 @@ pub async fn run(config: &Config, output: OutputFormat) -> anyhow::Result<()> {
     for (index, queue) in config.intake.sqs.iter().enumerate() {
         report(&format!("intake.sqs[{index}]"), probe_sqs(queue).await);
     }
+    for (index, subscription) in config.intake.pubsub.iter().enumerate() {
+        report(
+            &format!("intake.pubsub[{index}]"),
+            probe_pubsub(subscription).await,
+        );
+    }
+    for (name, outcome) in probe_notify(&config.notify).await {
+        report(&name, outcome);
+    }
     if config.backend.local.enabled {
         report("backend.local.worker_binary", probe_worker(config));
         report(
@@ -133,6 +142,50 @@ async fn probe_sqs(config: &crate::config::SqsQueueConfig) -> Result<String, Str
         "{} has about {} messages waiting or in flight, its dead-letter queue about {}",
         config.queue_url, counts[0], counts[1]
     ))
+}
+
+/// Reads the subscription and its dead-letter topic through the Pub/Sub admin API.
+async fn probe_pubsub(config: &crate::config::PubsubSubscriptionConfig) -> Result<String, String> {
+    use spillway_common::process::error_chain;
+
+    let name = config.subscription_name();
+    tokio::time::timeout(PROBE_TIMEOUT, crate::intake::pubsub::probe(config))
+        .await
+        .map_err(|_| format!("reading subscription {name} timed out"))?
+        .map_err(|error| error_chain(&error))
+}
+
+/// Checks every `[notify]` target, named `notify.sqs[i]` and `notify.pubsub[i]`.
+async fn probe_notify(
+    config: &crate::config::NotifyConfig,
+) -> Vec<(String, Result<String, String>)> {
+    use crate::notify::{Notifier, pubsub::PubsubNotifier, sqs::SqsNotifier};
+    use spillway_common::process::error_chain;
+
+    async fn probe(notifier: &dyn Notifier) -> Result<String, String> {
+        match tokio::time::timeout(PROBE_TIMEOUT, notifier.probe()).await {
+            Ok(Ok(detail)) => Ok(detail),
+            Ok(Err(error)) => Err(error_chain(error.as_ref())),
+            Err(_) => Err(format!("checking {} timed out", notifier.target())),
+        }
+    }
+
+    let mut outcomes = Vec::new();
+    for (index, queue) in config.sqs.iter().enumerate() {
+        let outcome = match SqsNotifier::connect(queue.clone()).await {
+            Ok(notifier) => probe(&notifier).await,
+            Err(error) => Err(error_chain(&error)),
+        };
+        outcomes.push((format!("notify.sqs[{index}]"), outcome));
+    }
+    for (index, topic) in config.pubsub.iter().enumerate() {
+        let outcome = match PubsubNotifier::connect(topic.clone()).await {
+            Ok(notifier) => probe(&notifier).await,
+            Err(error) => Err(error_chain(&error)),
+        };
+        outcomes.push((format!("notify.pubsub[{index}]"), outcome));
+    }
+    outcomes
 }
 
 fn probe_worker(config: &Config) -> Result<String, String> {

@@ -5,5 +5,6 @@ pub mod dead_letters;
 pub mod output;
 pub mod results;
 pub mod serve;
+pub mod simulate;
 pub mod status;
 pub mod submit;

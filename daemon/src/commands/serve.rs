@@ -1,5 +1,6 @@
-//! `spillway serve`: the daemon. Runs one intake loop per source (the Redis stream
-//! and each SQS queue), the reconcile loop and the metrics endpoint. SIGHUP reloads the configuration; SIGTERM or SIGINT stops intake
+//! `spillway serve`: the daemon. Runs one intake loop per source (the Redis stream,
+//! each SQS queue and each Pub/Sub subscription), the reconcile loop, the notification
+//! outbox and the metrics endpoint. SIGHUP reloads the configuration; SIGTERM or SIGINT stops intake
 //! and drains within `daemon.shutdown_timeout_secs`, and a second signal exits at
 //! once. Workers are separate processes: they keep their leases and finish on their
 //! own.
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use spillway_common::ledger::Ledger;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -20,10 +22,11 @@ use crate::backend::Backend;
 use crate::backend::local::{LocalBackend, Settings};
 use crate::config::Config;
 use crate::intake::IntakeSource;
+use crate::intake::pubsub::PubsubSource;
 use crate::intake::redis_stream::RedisStreamSource;
 use crate::intake::sqs::{SqsQueue, SqsSource};
 use crate::metrics::{self, Metrics, QueueLabels};
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Reconciler, Tunables};
 use crate::service;
 use spillway_common::process::error_chain;
 
@@ -51,17 +54,18 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         )?)),
         false => None,
     };
-    // NOTE: one backend places all work until burst placement across backends exists:
-    // Slurm when it is enabled, else the local backend.
-    let backend: Arc<dyn Backend> = if config.backend.slurm.enabled {
-        let slurm = slurm_backend(&config, ledger.clone(), worker_ledger).await?;
+    // One pool (Slurm when it is enabled, else the local backend) and AWS Batch for
+    // the overflow when it is enabled; placement decides what goes where.
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    if config.backend.slurm.enabled {
+        let slurm = slurm_backend(&config, ledger.clone(), worker_ledger.clone()).await?;
         info!(
             backend = "slurm",
             max_array_size = slurm.max_array_size(),
             max_workers = config.backend.slurm.max_workers,
             "backend ready"
         );
-        Arc::new(slurm)
+        backends.push(Arc::new(slurm));
     } else if let Some(local) = &local {
         info!(
             backend = "local",
@@ -70,12 +74,29 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             max_workers = config.backend.local.max_workers,
             "backend ready"
         );
-        local.clone()
-    } else {
-        anyhow::bail!(
-            "no backend is enabled; set backend.local.enabled or backend.slurm.enabled to true"
+        backends.push(local.clone());
+    }
+    if config.backend.batch.enabled {
+        let batch = crate::backend::batch::BatchBackend::new(
+            config.backend.batch.clone(),
+            ledger.clone(),
+            worker_ledger,
+            config.daemon.lease_secs,
+        )
+        .await?;
+        info!(
+            backend = "batch",
+            queues = config.backend.batch.queues.len(),
+            max_workers = config.backend.batch.max_workers,
+            "backend ready"
         );
-    };
+        backends.push(Arc::new(batch));
+    }
+    if backends.is_empty() {
+        anyhow::bail!(
+            "no backend is enabled; set backend.local.enabled, backend.slurm.enabled or backend.batch.enabled to true"
+        );
+    }
 
     let metrics = Metrics::new();
     let mut queues = Vec::new();
@@ -89,26 +110,46 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             .iter()
             .map(|queue| queue.queue_url.clone()),
     );
-    metrics.preset(&queues, &[backend.name()]);
+    queues.extend(
+        config
+            .intake
+            .pubsub
+            .iter()
+            .map(|subscription| subscription.subscription_name()),
+    );
+    let names: Vec<&str> = backends.iter().map(|backend| backend.name()).collect();
+    metrics.preset(&queues, &names);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
     let intake = Intake {
         admitter: Arc::new(Admitter {
             ledger: ledger.clone(),
-            backends: vec![backend.clone()],
+            backends: backends.clone(),
+            notify_targets: crate::notify::AllowedTargets::from_config(&config.notify),
         }),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     };
     intake.start(&config, &url, &daemon_id, &mut tasks).await?;
 
-    let reconciler = Reconciler {
+    // The outbox sends the notices of finished jobs, which it finds in the ledger.
+    let (notifiers, outbox) =
+        crate::notify::Notifiers::connect(&config.notify, ledger.clone()).await?;
+    if notifiers.is_enabled() {
+        tasks.spawn(outbox.run(shutdown.clone()));
+    }
+
+    let (tunables, tunables_rx) = watch::channel(Arc::new(Tunables::from_config(&config)));
+    let reconciler = Reconciler::new(
         ledger,
-        backend,
-        metrics: metrics.clone(),
-        daemon_id: daemon_id.clone(),
-    };
+        backends,
+        metrics.clone(),
+        daemon_id.clone(),
+        tunables_rx,
+        notifiers,
+    );
+    metrics.set_budgets(config.cost.budget_per_hour, config.cost.budget_per_day);
     let interval = Duration::from_secs_f64(config.daemon.reconcile_interval_secs);
     tasks.spawn(reconciler.run(interval, shutdown.clone()));
 
@@ -134,7 +175,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         };
         match event {
             SignalEvent::Stop => break,
-            SignalEvent::Reload => current = reload(&config_path, current, local.as_deref()),
+            SignalEvent::Reload => {
+                current = reload(&config_path, current, local.as_deref());
+                // Prices, budgets, caps and placement knobs apply from the next pass.
+                tunables.send_replace(Arc::new(Tunables::from_config(&current)));
+                metrics.set_budgets(current.cost.budget_per_hour, current.cost.budget_per_day);
+            }
         }
     }
 
@@ -193,12 +239,19 @@ fn reload(path: &std::path::Path, current: Config, local: Option<&LocalBackend>)
                 ..current.backend.local.clone()
             },
             slurm: current.backend.slurm.clone(),
+            batch: crate::config::BatchBackendConfig {
+                max_workers: next.backend.batch.max_workers,
+                max_workers_per_region: next.backend.batch.max_workers_per_region,
+                ..current.backend.batch.clone()
+            },
         },
         daemon: crate::config::DaemonConfig {
             lease_secs: next.daemon.lease_secs,
             shutdown_timeout_secs: next.daemon.shutdown_timeout_secs,
             ..current.daemon.clone()
         },
+        cost: next.cost.clone(),
+        placement: next.placement.clone(),
         ..current
     }
 }
@@ -220,6 +273,10 @@ fn keys_needing_restart(current: &Config, next: &Config) -> Vec<&'static str> {
         format!("{:?}", current.intake) != format!("{:?}", next.intake),
     );
     changed(
+        "notify",
+        format!("{:?}", current.notify) != format!("{:?}", next.notify),
+    );
+    changed(
         "daemon.metrics_listen",
         current.daemon.metrics_listen != next.daemon.metrics_listen,
     );
@@ -236,6 +293,20 @@ fn keys_needing_restart(current: &Config, next: &Config) -> Vec<&'static str> {
     changed("backend.local.log_dir", old.log_dir != new.log_dir);
     changed("backend.local.gpu_sku", old.gpu_sku != new.gpu_sku);
     changed("backend.local.enabled", old.enabled != new.enabled);
+    changed(
+        "backend.slurm",
+        format!("{:?}", current.backend.slurm) != format!("{:?}", next.backend.slurm),
+    );
+    let batch_except_caps = |batch: &crate::config::BatchBackendConfig| {
+        let mut batch = batch.clone();
+        batch.max_workers = 0;
+        batch.max_workers_per_region = 0;
+        format!("{batch:?}")
+    };
+    changed(
+        "backend.batch",
+        batch_except_caps(&current.backend.batch) != batch_except_caps(&next.backend.batch),
+    );
     keys
 }
 
@@ -293,8 +364,9 @@ struct Intake {
 }
 
 impl Intake {
-    /// Starts one intake loop and one backlog sampler per configured source: the
-    /// Redis stream when enabled, and each `[[intake.sqs]]` queue.
+    /// Starts one intake loop per configured source, and a backlog sampler for each
+    /// one that can count its backlog: the Redis stream when enabled, each
+    /// `[[intake.sqs]]` queue and each `[[intake.pubsub]]` subscription.
     async fn start(
         &self,
         config: &Config,
@@ -329,6 +401,19 @@ impl Intake {
             );
             self.spawn(SqsSource::new(queue.clone()), tasks);
             self.spawn_backlog(SqsSource::new(queue), tasks);
+        }
+
+        // NOTE: Pub/Sub has no backlog count in its API (Cloud Monitoring has it), so
+        // these subscriptions get no backlog sampler and their backlog gauge stays 0.
+        for subscription in &config.intake.pubsub {
+            let source = PubsubSource::connect(subscription.clone()).await?;
+            info!(
+                queue = %source.queue(),
+                endpoint = subscription.endpoint.as_deref().unwrap_or("(Google default)"),
+                dead_letter_topic = %subscription.dead_letter_topic_name(),
+                "Pub/Sub subscription configured"
+            );
+            self.spawn(source, tasks);
         }
         Ok(())
     }

@@ -6,11 +6,23 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use spillway_common::ledger::{JobRecord, Ledger};
 
+use spillway_common::envelope::JobCost;
+
 use super::output::{OutputFormat, print_json};
+use crate::cost::PriceTable;
+
+/// One job with what its worker time has cost so far, as `--output json` prints it.
+#[derive(serde::Serialize)]
+struct JobStatus {
+    #[serde(flatten)]
+    job: JobRecord,
+    cost: JobCost,
+}
 
 /// Prints one job's state; with `watch`, shows a progress bar until it finishes.
 pub async fn run(
     ledger: &Ledger,
+    prices: &PriceTable,
     job_id: Option<&str>,
     watch: bool,
     output: OutputFormat,
@@ -32,17 +44,20 @@ pub async fn run(
         };
         let failed = watch && job.state != "succeeded";
         let (job_id, state) = (job.job_id.clone(), job.state.clone());
-        print_json(&without_manifest(job))?;
+        let cost = prices.job_cost(&ledger.usage(&job.job_id).await?);
+        let job = without_manifest(job);
+        print_json(&JobStatus { job, cost })?;
         if failed {
             anyhow::bail!("job {job_id} ended {state}");
         }
         return Ok(());
     }
     if !watch || job.is_finished() {
-        print_job(&job);
+        let cost = prices.job_cost(&ledger.usage(&job.job_id).await?);
+        print_job(&job, &cost);
         return Ok(());
     }
-    watch_job(ledger, job).await
+    watch_job(ledger, prices, job).await
 }
 
 async fn read(ledger: &Ledger, job_id: &str) -> anyhow::Result<JobRecord> {
@@ -79,7 +94,7 @@ async fn wait_finished(ledger: &Ledger, mut job: JobRecord) -> anyhow::Result<Jo
     Ok(job)
 }
 
-async fn watch_job(ledger: &Ledger, mut job: JobRecord) -> anyhow::Result<()> {
+async fn watch_job(ledger: &Ledger, prices: &PriceTable, mut job: JobRecord) -> anyhow::Result<()> {
     let bar = ProgressBar::new(job.tasks_total);
     bar.set_style(
         ProgressStyle::with_template(
@@ -101,7 +116,8 @@ async fn watch_job(ledger: &Ledger, mut job: JobRecord) -> anyhow::Result<()> {
         job = read(ledger, &job.job_id).await?;
     }
     bar.finish();
-    print_job(&job);
+    let cost = prices.job_cost(&ledger.usage(&job.job_id).await?);
+    print_job(&job, &cost);
     // Scripts that wait with --watch learn the outcome from the exit status.
     if job.state != "succeeded" {
         anyhow::bail!(
@@ -114,7 +130,7 @@ async fn watch_job(ledger: &Ledger, mut job: JobRecord) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_job(job: &JobRecord) {
+fn print_job(job: &JobRecord, cost: &JobCost) {
     println!("job        {}", job.job_id);
     println!("name       {}", job.name);
     println!("state      {}", job.state);
@@ -126,6 +142,18 @@ fn print_job(job: &JobRecord) {
         "attempts   {} retries, {} lease expiries, {} duplicates suppressed",
         job.retries, job.lease_expiries, job.duplicates
     );
+    let worker_secs: f64 = cost.lines.iter().map(|line| line.worker_secs).sum();
+    let gpu_secs: f64 = cost.lines.iter().map(|line| line.gpu_secs).sum();
+    println!(
+        "cost       {:.4} {} for {worker_secs:.1} worker-seconds ({gpu_secs:.1} GPU-seconds)",
+        cost.total, cost.currency
+    );
+    for line in cost.lines.iter().filter(|_| cost.lines.len() > 1) {
+        println!(
+            "           {:.4} on {} ({} x {}): {:.0} s",
+            line.cost, line.backend, line.gpus_per_worker, line.gpu_sku, line.worker_secs
+        );
+    }
     if let Some(uri) = &job.artefact_uri {
         println!("artefact   {uri}");
     }

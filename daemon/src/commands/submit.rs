@@ -1,5 +1,6 @@
-//! `spillway submit FILE`: validate a manifest and send it to the intake stream, or
-//! with `--sqs QUEUE_URL` to a configured SQS queue.
+//! `spillway submit FILE`: validate a manifest and send it to the intake stream, with
+//! `--sqs QUEUE_URL` to a configured SQS queue, or with `--pubsub TOPIC` to the topic
+//! of a configured Pub/Sub subscription.
 
 use std::path::Path;
 
@@ -12,15 +13,24 @@ use crate::config::Config;
 use crate::intake::redis_stream;
 use crate::intake::sqs::SqsQueue;
 
+/// Where `spillway submit` sends a manifest.
+pub enum Destination {
+    /// The intake stream of `[intake.redis_stream]`.
+    RedisStream,
+    /// The queue URL of an `[[intake.sqs]]` table.
+    Sqs(String),
+    /// The `topic` of an `[[intake.pubsub]]` table, as an id or a resource name.
+    Pubsub(String),
+}
+
 /// Sends the manifest and prints its job id. With `validate`, an invalid manifest is
-/// reported here and not sent. With `sqs_queue`, the manifest goes to that queue, which
-/// must be one of the configured `[[intake.sqs]]` queues, with that queue's region,
-/// endpoint and credentials.
+/// reported here and not sent. An SQS queue or Pub/Sub topic must be one of the
+/// configured intake tables, whose endpoint and credentials are used.
 pub async fn run(
     config: &Config,
     file: &Path,
     validate: bool,
-    sqs_queue: Option<&str>,
+    destination: &Destination,
 ) -> anyhow::Result<()> {
     let body = std::fs::read(file)
         .with_context(|| format!("failed to read manifest {}", file.display()))?;
@@ -35,7 +45,17 @@ pub async fn run(
             .map(|manifest| job_id(&manifest))
     };
 
-    if let Some(queue_url) = sqs_queue {
+    if let Destination::Pubsub(topic) = destination {
+        let message_id = send_to_pubsub(config, topic, &body).await?;
+        match job_id {
+            Some(job_id) => println!("{job_id}"),
+            None => println!(
+                "sent as Pub/Sub message {message_id}; the manifest is invalid, so it will be dead-lettered"
+            ),
+        }
+        return Ok(());
+    }
+    if let Destination::Sqs(queue_url) = destination {
         let message_id = send_to_sqs(config, queue_url, &body, job_id.as_deref()).await?;
         match job_id {
             Some(job_id) => println!("{job_id}"),
@@ -60,6 +80,40 @@ pub async fn run(
         ),
     }
     Ok(())
+}
+
+/// Publishes the manifest to the topic of a configured Pub/Sub subscription and returns
+/// the Pub/Sub message id.
+async fn send_to_pubsub(config: &Config, topic: &str, body: &[u8]) -> anyhow::Result<String> {
+    use crate::intake::pubsub::{connect_publisher, publish};
+
+    let matches = |table: &&crate::config::PubsubSubscriptionConfig| {
+        table.topic.as_deref() == Some(topic) || table.topic_name().as_deref() == Some(topic)
+    };
+    let tables: Vec<_> = config.intake.pubsub.iter().filter(matches).collect();
+    let table = match tables.as_slice() {
+        [table] => *table,
+        [] => {
+            let configured: Vec<String> = config
+                .intake
+                .pubsub
+                .iter()
+                .filter_map(|table| table.topic_name())
+                .collect();
+            anyhow::bail!(
+                "Pub/Sub topic {topic} is not configured; use the topic of an [[intake.pubsub]] table: {configured:?}"
+            );
+        }
+        _ => anyhow::bail!(
+            "Pub/Sub topic id {topic} is set in several [[intake.pubsub]] tables; pass projects/PROJECT/topics/{topic}"
+        ),
+    };
+
+    let topic_name = table.topic_name().expect("the table matched on its topic");
+    let publisher =
+        connect_publisher(&topic_name, table.endpoint.as_deref(), table.credentials).await?;
+    let message = google_cloud_pubsub::model::Message::new().set_data(body.to_vec());
+    Ok(publish(&publisher, &topic_name, message).await?)
 }
 
 /// Sends the manifest to a configured SQS queue and returns the SQS message id.

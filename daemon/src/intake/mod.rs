@@ -5,6 +5,7 @@
 //! ledger; a manifest that fails validation goes to the source's dead-letter
 //! destination with the errors, and is then acknowledged.
 
+pub mod pubsub;
 pub mod redis_stream;
 pub mod sqs;
 
@@ -13,7 +14,7 @@ use std::future::Future;
 /// One message taken from a source and not yet acknowledged.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// Source-specific message id (a stream entry id, an SQS message id).
+    /// Source-specific message id (a stream entry id, an SQS or Pub/Sub message id).
     pub message_id: String,
     pub body: Vec<u8>,
     /// Deliveries so far, counting this one, when the source knows it.

@@ -1,9 +1,10 @@
-//! BERT encoder (Hugging Face `BertModel` layout) in inference mode.
+//! BERT encoder (Hugging Face `BertModel` layout) without dropout.
 //!
 //! The forward pass returns the last hidden state, which is what
 //! sentence-transformers pools. The pooler head is not loaded because
 //! sentence-transformers does not use it. Dropout is left out entirely, so the
-//! results are those of `model.eval()`.
+//! results are those of `model.eval()`, also when the training kernels run a
+//! backward pass through the encoder.
 
 use std::path::Path;
 
@@ -12,6 +13,10 @@ use serde::Deserialize;
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::EmbedError;
+
+mod parameters;
+
+pub(crate) use parameters::Parameter;
 
 /// The fields of a Hugging Face BERT `config.json` that the encoder uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -155,13 +160,15 @@ struct EncoderLayer {
 pub(crate) struct BertEncoder {
     word_embeddings: Tensor,
     position_embeddings: Tensor,
-    /// Row 0 of the token type table, because every input is a single segment.
-    token_type_embedding: Tensor,
+    /// The token type table. Only row 0 is used, because every input is a single segment.
+    token_type_embeddings: Tensor,
     embeddings_norm: LayerNorm,
     layers: Vec<EncoderLayer>,
     hidden_size: i64,
     num_heads: i64,
     gelu_approximation: &'static str,
+    /// `""` or `"bert."`: the prefix of the tensor names in the weights file.
+    name_prefix: &'static str,
 }
 
 impl BertEncoder {
@@ -185,13 +192,10 @@ impl BertEncoder {
 
         let hidden = config.hidden_size;
         let embeddings_norm = weights.layer_norm("embeddings.LayerNorm", hidden, config)?;
-        let token_types = weights.tensor(
+        let token_type_embeddings = weights.tensor(
             "embeddings.token_type_embeddings.weight",
             &[config.type_vocab_size, hidden],
         )?;
-        let token_type_embedding = token_types.f_select(0, 0).map_err(|source| {
-            weights.load_error("embeddings.token_type_embeddings.weight", source)
-        })?;
 
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for index in 0..config.num_hidden_layers {
@@ -207,7 +211,7 @@ impl BertEncoder {
                 "embeddings.position_embeddings.weight",
                 &[config.max_position_embeddings, hidden],
             )?,
-            token_type_embedding,
+            token_type_embeddings,
             embeddings_norm,
             layers,
             hidden_size: hidden,
@@ -215,6 +219,7 @@ impl BertEncoder {
             gelu_approximation: config
                 .gelu_approximation()
                 .expect("BertConfig::load validated hidden_act"),
+            name_prefix: weights.prefix,
         })
     }
 
@@ -226,13 +231,35 @@ impl BertEncoder {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor, TchError> {
+        let embeddings = self.token_embeddings(input_ids)?;
+        self.forward_embeddings(&embeddings, attention_mask)
+    }
+
+    /// Sums the word, position and token type embeddings of `input_ids`
+    /// (`[batch, len]`) into `[batch, len, hidden]`, before the embedding LayerNorm.
+    pub(crate) fn token_embeddings(&self, input_ids: &Tensor) -> Result<Tensor, TchError> {
         let seq_len = input_ids.size()[1];
 
         let positions = self.position_embeddings.f_narrow(0, 0, seq_len)?;
-        let embeddings = Tensor::f_embedding(&self.word_embeddings, input_ids, -1, false, false)?
+        Tensor::f_embedding(&self.word_embeddings, input_ids, -1, false, false)?
             .f_add_(&positions)?
-            .f_add_(&self.token_type_embedding)?;
-        let mut hidden = self.embeddings_norm.forward(&embeddings)?;
+            .f_add_(&self.token_type_embedding()?)
+    }
+
+    /// Returns row 0 of the token type table, `[hidden]`.
+    pub(crate) fn token_type_embedding(&self) -> Result<Tensor, TchError> {
+        self.token_type_embeddings.f_select(0, 0)
+    }
+
+    /// Runs the embedding LayerNorm and the layers on summed embeddings
+    /// (`[batch, len, hidden]`, as [`BertEncoder::token_embeddings`] returns them)
+    /// and returns the last hidden state.
+    pub(crate) fn forward_embeddings(
+        &self,
+        embeddings: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor, TchError> {
+        let mut hidden = self.embeddings_norm.forward(embeddings)?;
 
         // Boolean mask for scaled_dot_product_attention, true where a key is a
         // real token, broadcast over heads and query positions.
@@ -284,10 +311,14 @@ impl BertEncoder {
         let attended = layer.attention_output.forward(&context)?.f_add_(hidden)?;
         let attended = layer.attention_norm.forward(&attended)?;
 
-        let intermediate = layer
-            .intermediate
-            .forward(&attended)?
-            .f_gelu_(self.gelu_approximation)?;
+        // GELU's backward pass needs its input, so it runs in place only when no
+        // gradient flows through it.
+        let mut intermediate = layer.intermediate.forward(&attended)?;
+        let intermediate = if intermediate.requires_grad() {
+            intermediate.f_gelu(self.gelu_approximation)?
+        } else {
+            intermediate.f_gelu_(self.gelu_approximation)?
+        };
         let output = layer.output.forward(&intermediate)?.f_add_(&attended)?;
         layer.output_norm.forward(&output)
     }

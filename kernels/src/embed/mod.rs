@@ -12,9 +12,9 @@
 //! batches of `batch_size`, each padded only to its longest text, and the rows
 //! are returned in input order.
 
-mod bert;
+pub(crate) mod bert;
 mod runtime;
-mod tokenize;
+pub(crate) mod tokenize;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -269,7 +269,7 @@ impl EmbedModel {
 
 /// Concatenates the batch outputs, whose rows follow `order`, moves them to
 /// the CPU and puts row `i` back at position `order[i]`.
-fn restore_input_order(batches: &[Tensor], order: &[usize]) -> Result<Tensor, TchError> {
+pub(crate) fn restore_input_order(batches: &[Tensor], order: &[usize]) -> Result<Tensor, TchError> {
     let sorted = Tensor::f_cat(batches, 0)?
         .f_to_device(Device::Cpu)?
         .f_to_kind(Kind::Float)?;
@@ -284,7 +284,7 @@ fn restore_input_order(batches: &[Tensor], order: &[usize]) -> Result<Tensor, Tc
 
 /// Returns text indices ordered by decreasing token count, ties in input order,
 /// so that each batch contains texts of similar length and needs little padding.
-fn longest_first_order(token_ids: &[Vec<i64>]) -> Vec<usize> {
+pub(crate) fn longest_first_order(token_ids: &[Vec<i64>]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..token_ids.len()).collect();
     order.sort_by_key(|&index| std::cmp::Reverse(token_ids[index].len()));
     order
@@ -295,7 +295,10 @@ fn longest_first_order(token_ids: &[Vec<i64>]) -> Vec<usize> {
 ///
 /// The clamps match sentence-transformers: the token count is at least 1e-9
 /// (Pooling) and the norm at least 1e-12 (`torch.nn.functional.normalize`).
-fn mean_pool_normalize(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor, TchError> {
+pub(crate) fn mean_pool_normalize(
+    hidden: &Tensor,
+    attention_mask: &Tensor,
+) -> Result<Tensor, TchError> {
     let mask = attention_mask.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
 
     let summed = hidden

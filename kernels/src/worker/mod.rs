@@ -8,9 +8,11 @@ mod config;
 mod heartbeat;
 mod model;
 mod task;
+mod train_task;
 
 pub use config::WorkerConfig;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,9 +20,11 @@ use anyhow::Context;
 use spillway_common::envelope::RunIdentity;
 use spillway_common::ledger::{FailureKind, Ledger};
 use spillway_common::manifest::{Kernel, Manifest};
+use spillway_common::train::TrainRound;
 use tracing::{error, info, warn};
 
 use crate::embed::EmbedModel;
+use crate::train::TrainKernel;
 use heartbeat::Heartbeats;
 use task::{TaskContext, TaskError};
 
@@ -50,17 +54,14 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<i32> {
 
     let outcome = match model::fetch(&manifest, &config).await {
         Ok(model_dir) => {
-            let Kernel::Embed { max_seq_len } = manifest.kernel;
-            let device = tch::Device::cuda_if_available();
-            let embed =
-                EmbedModel::load(&model_dir, device, max_seq_len as usize).with_context(|| {
-                    format!("failed to load the model from {}", model_dir.display())
-                })?;
+            let mut kernel = load_kernel(&manifest, &model_dir).with_context(|| {
+                format!("failed to load the model from {}", model_dir.display())
+            })?;
             run_tasks(
                 &config,
                 &ledger,
                 &manifest,
-                Some(&embed),
+                Some(&mut kernel),
                 &heartbeats,
                 &stop,
             )
@@ -82,15 +83,41 @@ pub async fn run(config: WorkerConfig) -> anyhow::Result<i32> {
     outcome.map(|()| 0)
 }
 
+/// The job's kernel, loaded once per worker.
+pub enum LoadedKernel {
+    /// The `embed` kernel.
+    Embed(EmbedModel),
+    /// A training kernel, `contrastive` or `prompt_tune`.
+    Train(TrainKernel),
+}
+
+/// Loads the manifest's kernel from the verified model directory.
+fn load_kernel(manifest: &Manifest, model_dir: &Path) -> anyhow::Result<LoadedKernel> {
+    let device = tch::Device::cuda_if_available();
+    let kernel = match &manifest.kernel {
+        Kernel::Embed { max_seq_len } => {
+            LoadedKernel::Embed(EmbedModel::load(model_dir, device, *max_seq_len as usize)?)
+        }
+        training_kernel => {
+            let seed = manifest
+                .training
+                .as_ref()
+                .map_or(0, |training| training.seed);
+            LoadedKernel::Train(TrainKernel::load(model_dir, device, training_kernel, seed)?)
+        }
+    };
+    Ok(kernel)
+}
+
 async fn run_tasks(
     config: &WorkerConfig,
     ledger: &Ledger,
     manifest: &Manifest,
-    embed: Option<&EmbedModel>,
+    kernel: Option<&mut LoadedKernel>,
     heartbeats: &Heartbeats,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let mut context = TaskContext::new(config, ledger, manifest, embed);
+    let mut context = TaskContext::new(config, ledger, manifest, kernel);
     let mut tasks_run = 0u64;
 
     while !stop.load(Ordering::Relaxed) {
@@ -178,13 +205,24 @@ pub fn own_digest() -> anyhow::Result<spillway_common::digest::Sha256Hex> {
     Ok(spillway_common::digest::Sha256Hex::of(&bytes))
 }
 
-/// Builds the run identity of a task or a job over `data`.
+/// Builds the run identity of a task or a job over `data`. A training task's identity
+/// also binds its round, the training settings and the round's weights file.
 pub fn run_identity(
     manifest: &Manifest,
     gpu_sku: &str,
-    data: Vec<spillway_common::envelope::DataRef>,
+    mut data: Vec<spillway_common::envelope::DataRef>,
+    round: Option<&TrainRound>,
 ) -> RunIdentity {
-    let settings = serde_json::to_value(&manifest.kernel).expect("kernel serializes");
+    let settings = match (&manifest.training, round) {
+        (Some(training), Some(round)) => {
+            data.push(spillway_common::envelope::DataRef {
+                uri: round.weights_uri.clone(),
+                sha256: round.weights_sha256.clone(),
+            });
+            spillway_common::train::run_settings(&manifest.kernel, training, round.round)
+        }
+        _ => serde_json::to_value(&manifest.kernel).expect("kernel serializes"),
+    };
     RunIdentity {
         worker_digest: manifest.worker.digest(),
         kernel: manifest.kernel.name().to_string(),

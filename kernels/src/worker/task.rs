@@ -9,14 +9,15 @@ use spillway_common::artefact::EmbeddingBlock;
 use spillway_common::digest::Sha256Hex;
 use spillway_common::envelope::{DataRef, ExitStatus, TaskEnvelope};
 use spillway_common::layout;
-use spillway_common::ledger::{Completion, Lease, Ledger, TaskObservation};
+use spillway_common::ledger::{Completion, Lease, Ledger, TaskObservation, UsageEntry};
 use spillway_common::manifest::Manifest;
 use spillway_common::process::error_chain;
 use spillway_common::store::{self, PutOutcome, StoreError};
 use tracing::{debug, warn};
 
-use super::{WorkerConfig, run_identity};
+use super::{LoadedKernel, WorkerConfig, run_identity, train_task};
 use crate::embed::EmbedModel;
+use crate::train::TrainError;
 
 /// Texts per forward pass inside a task.
 const FORWARD_BATCH: usize = 32;
@@ -54,6 +55,16 @@ pub enum TaskError {
     ModelUnavailable,
     #[error("kernel failed: {0}")]
     Kernel(String),
+    #[error(
+        "task {task_id} of a {kernel} job has no training round; \
+         a daemon that runs training jobs sets the round and weights of every task"
+    )]
+    MissingRound {
+        task_id: String,
+        kernel: &'static str,
+    },
+    #[error("training kernel failed")]
+    Train(#[from] TrainError),
     #[error("ledger failed")]
     Ledger(#[from] spillway_common::ledger::LedgerError),
 }
@@ -66,7 +77,9 @@ impl TaskError {
             TaskError::Record { .. }
             | TaskError::ShortShard { .. }
             | TaskError::RecordCount { .. }
-            | TaskError::ModelUnavailable => true,
+            | TaskError::ModelUnavailable
+            | TaskError::MissingRound { .. } => true,
+            TaskError::Train(error) => error.is_data_error(),
             TaskError::Kernel(_) | TaskError::Ledger(_) => false,
         }
     }
@@ -83,7 +96,7 @@ pub struct TaskContext<'a> {
     config: &'a WorkerConfig,
     ledger: &'a Ledger,
     manifest: &'a Manifest,
-    embed: Option<&'a EmbedModel>,
+    kernel: Option<&'a mut LoadedKernel>,
     /// The last shard read, because consecutive tasks usually share a shard.
     shard_cache: Option<(Sha256Hex, Bytes)>,
 }
@@ -93,13 +106,13 @@ impl<'a> TaskContext<'a> {
         config: &'a WorkerConfig,
         ledger: &'a Ledger,
         manifest: &'a Manifest,
-        embed: Option<&'a EmbedModel>,
+        kernel: Option<&'a mut LoadedKernel>,
     ) -> Self {
         Self {
             config,
             ledger,
             manifest,
-            embed,
+            kernel,
             shard_cache: None,
         }
     }
@@ -144,42 +157,22 @@ impl<'a> TaskContext<'a> {
     }
 
     async fn execute(&mut self, lease: &Lease) -> Result<Written, TaskError> {
-        let embed = self.embed.ok_or(TaskError::ModelUnavailable)?;
+        if self.kernel.is_none() {
+            return Err(TaskError::ModelUnavailable);
+        }
         let shard = self
             .shard(&lease.spec.shard.uri, &lease.spec.shard.sha256)
             .await?;
-        let spec = &lease.spec;
-        let records = select_records(
-            &shard,
-            &spec.shard.uri,
-            spec.first_record,
-            spec.records,
-            spec.shard.records,
-        )?;
+        let job_id = &self.config.job_id;
 
-        let texts: Vec<&str> = records.iter().map(|record| record.text.as_str()).collect();
-        let mut values = Vec::with_capacity(texts.len() * embed.dimension());
-        for batch in texts.chunks(FORWARD_BATCH) {
-            let tensor = embed
-                .embed(batch)
-                .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
-            let flat: Vec<f32> = Vec::<f32>::try_from(tensor.flatten(0, -1))
-                .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
-            values.extend(flat);
-        }
-        let block = EmbeddingBlock {
-            ids: records.into_iter().map(|record| record.id).collect(),
-            dimension: embed.dimension(),
-            values,
+        let bytes = match self.kernel.as_deref_mut() {
+            Some(LoadedKernel::Embed(embed)) => embed_result(embed, &shard, lease, job_id)?,
+            Some(LoadedKernel::Train(train)) => {
+                train_task::gradient_result(train, &shard, lease, job_id).await?
+            }
+            None => return Err(TaskError::ModelUnavailable),
         };
-
-        let bytes = block
-            .encode(&[
-                ("job_id", self.config.job_id.clone()),
-                ("task_id", lease.task_id.clone()),
-            ])
-            .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
-        self.put_result(lease, Bytes::from(bytes)).await
+        self.put_result(lease, bytes).await
     }
 
     async fn shard(&mut self, uri: &str, sha256: &Sha256Hex) -> Result<Bytes, TaskError> {
@@ -239,7 +232,8 @@ impl<'a> TaskContext<'a> {
             uri: lease.spec.shard.uri.clone(),
             sha256: lease.spec.shard.sha256.clone(),
         }];
-        let identity = run_identity(self.manifest, &self.config.gpu_sku, data);
+        let round = lease.spec.round.as_ref();
+        let identity = run_identity(self.manifest, &self.config.gpu_sku, data, round);
 
         TaskEnvelope {
             job_id: self.config.job_id.clone(),
@@ -295,7 +289,19 @@ impl<'a> TaskContext<'a> {
             outcome: outcome.to_string(),
             runtime_secs,
             wait_secs: (lease.leased_at_ms - lease.queued_at_ms).max(0) as f64 / 1000.0,
+            gpu_sku: self.config.gpu_sku.clone(),
+            gpus: self.manifest.gpus_per_worker,
+            model_sha256: self.manifest.model.sha256.to_string(),
         };
+        let usage = UsageEntry {
+            backend: self.config.backend.clone(),
+            gpu_sku: self.config.gpu_sku.clone(),
+            gpus_per_worker: self.manifest.gpus_per_worker,
+            worker_secs: runtime_secs,
+        };
+        if let Err(error) = self.ledger.record_usage(&self.config.job_id, &usage).await {
+            warn!(job_id = %self.config.job_id, error = %error, "failed to record a task's usage; the job's cost will be low by this attempt");
+        }
         if let Err(error) = self.ledger.push_observation(&observation).await {
             debug!(job_id = %self.config.job_id, error = %error, "failed to record a task observation");
         }
@@ -310,7 +316,48 @@ struct Written {
     existed: bool,
 }
 
-/// Parses lines `first..first + count` of a JSONL shard.
+/// Embeds the task's records and encodes them as an embedding block.
+fn embed_result(
+    embed: &EmbedModel,
+    shard: &[u8],
+    lease: &Lease,
+    job_id: &str,
+) -> Result<Bytes, TaskError> {
+    let spec = &lease.spec;
+    let records = select_records(
+        shard,
+        &spec.shard.uri,
+        spec.first_record,
+        spec.records,
+        spec.shard.records,
+    )?;
+
+    let texts: Vec<&str> = records.iter().map(|record| record.text.as_str()).collect();
+    let mut values = Vec::with_capacity(texts.len() * embed.dimension());
+    for batch in texts.chunks(FORWARD_BATCH) {
+        let tensor = embed
+            .embed(batch)
+            .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
+        let flat: Vec<f32> = Vec::<f32>::try_from(tensor.flatten(0, -1))
+            .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
+        values.extend(flat);
+    }
+    let block = EmbeddingBlock {
+        ids: records.into_iter().map(|record| record.id).collect(),
+        dimension: embed.dimension(),
+        values,
+    };
+
+    let bytes = block
+        .encode(&[
+            ("job_id", job_id.to_owned()),
+            ("task_id", lease.task_id.clone()),
+        ])
+        .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
+    Ok(Bytes::from(bytes))
+}
+
+/// Parses lines `first..first + count` of a JSONL shard of `{"id", "text"}` records.
 fn select_records(
     shard: &[u8],
     uri: &str,
@@ -318,6 +365,34 @@ fn select_records(
     count: u64,
     declared: u64,
 ) -> Result<Vec<Record>, TaskError> {
+    let range = LineRange {
+        first,
+        count,
+        declared,
+    };
+    select_lines(shard, uri, range, "`id` and `text`")
+}
+
+/// Lines `first..first + count` of a shard that should have `declared` lines.
+pub(super) struct LineRange {
+    pub(super) first: u64,
+    pub(super) count: u64,
+    pub(super) declared: u64,
+}
+
+/// Parses the lines of `range` of a JSONL shard as `T`. `fields` names the string
+/// fields each line must have, for the error message.
+pub(super) fn select_lines<T: serde::de::DeserializeOwned>(
+    shard: &[u8],
+    uri: &str,
+    range: LineRange,
+    fields: &str,
+) -> Result<Vec<T>, TaskError> {
+    let LineRange {
+        first,
+        count,
+        declared,
+    } = range;
     let lines: Vec<&[u8]> = shard
         .split(|byte| *byte == b'\n')
         .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
@@ -348,12 +423,10 @@ fn select_records(
         let line = line
             .strip_prefix(b"\xef\xbb\xbf".as_slice())
             .unwrap_or(line);
-        let record: Record = serde_json::from_slice(line).map_err(|error| TaskError::Record {
+        let record: T = serde_json::from_slice(line).map_err(|error| TaskError::Record {
             uri: uri.to_string(),
             line: line_number + 1,
-            reason: format!(
-                "{error}; each line must be a JSON object with string fields `id` and `text`"
-            ),
+            reason: format!("{error}; each line must be a JSON object with string fields {fields}"),
         })?;
         records.push(record);
     }

@@ -15,6 +15,7 @@ const MAX_NAME_CHARS: usize = 128;
 const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 const MAX_LABEL_KEY_CHARS: usize = 63;
 const MAX_LABEL_VALUE_CHARS: usize = 256;
+const MAX_NOTIFY_TARGET_CHARS: usize = 1024;
 
 /// Checks a job name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
 pub(super) fn job_name(name: &str) -> Result<(), Invalid> {
@@ -341,6 +342,44 @@ pub(super) fn idempotency_key(key: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Checks a notification target: `sqs://HOST/PATH` or
+/// `pubsub://projects/PROJECT/topics/TOPIC`, at most 1024 characters. Whether the site
+/// accepts the target is the daemon's decision.
+pub(super) fn notify_target(target: &str) -> Result<(), Invalid> {
+    let fix = "use sqs:// followed by the host and path of the queue URL, such as \
+               sqs://sqs.eu-west-1.amazonaws.com/123456789012/job-notices, or \
+               pubsub://projects/PROJECT/topics/TOPIC";
+    let length = target.chars().count();
+    if length > MAX_NOTIFY_TARGET_CHARS {
+        return Err(Invalid::new(
+            format!("invalid length: the target has {length} characters, over 1024"),
+            fix,
+        ));
+    }
+    if target.chars().any(char::is_whitespace) {
+        return Err(Invalid::new(
+            "invalid notification target: it contains whitespace",
+            fix,
+        ));
+    }
+    let valid = if let Some(rest) = target.strip_prefix("sqs://") {
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        !host.is_empty() && !path.is_empty() && !path.ends_with('/')
+    } else if let Some(rest) = target.strip_prefix("pubsub://") {
+        let parts: Vec<&str> = rest.split('/').collect();
+        matches!(parts.as_slice(), ["projects", project, "topics", topic] if !project.is_empty() && !topic.is_empty())
+    } else {
+        false
+    };
+    if !valid {
+        return Err(Invalid::new(
+            "invalid notification target: expected sqs://HOST/PATH or pubsub://projects/PROJECT/topics/TOPIC",
+            fix,
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a label key: 1 to 63 characters of `a-z 0-9 _ . -`.
 pub(super) fn label_key(key: &str) -> Result<(), Invalid> {
     let length = key.chars().count();
@@ -451,6 +490,19 @@ mod tests {
         assert!(storage_uri("gs://bucket/a/b.jsonl", UriKind::File).is_ok());
         assert!(storage_uri("file:///srv/out", UriKind::Prefix).is_ok());
         assert!(storage_uri("FILE:///srv/out/", UriKind::Prefix).is_ok());
+    }
+
+    #[test]
+    fn notify_target_forms() {
+        assert!(notify_target("sqs://sqs.eu-west-1.amazonaws.com/123456789012/notices").is_ok());
+        assert!(notify_target("sqs://127.0.0.1:5000/123456789012/notices.fifo").is_ok());
+        assert!(notify_target("pubsub://projects/my-lab/topics/notices").is_ok());
+        assert!(notify_target("https://sqs.eu-west-1.amazonaws.com/1/notices").is_err());
+        assert!(notify_target("sqs://host-only").is_err());
+        assert!(notify_target("sqs://host/queue/").is_err());
+        assert!(notify_target("pubsub://projects/p/topics/").is_err());
+        assert!(notify_target("pubsub://projects/p/subscriptions/s").is_err());
+        assert!(notify_target("sqs://host/a b").is_err());
     }
 
     #[test]

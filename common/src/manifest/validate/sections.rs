@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::rules::{self, UriKind};
+use super::training;
 use super::walk::{
-    Field, Object, Report, expects, field_path, index_path, list_names, shorten_text, suggest,
+    Field, Object, Report, expects, field_path, index_path, list_names, variant_fields,
 };
 use crate::manifest::MANIFEST_VERSION;
 
@@ -31,6 +32,11 @@ pub(super) const MANIFEST_FIELDS: &[Field] = &[
         name: "kernel",
         required: true,
         expects: "an object naming the kernel and its settings, such as {\"name\": \"embed\", \"max_seq_len\": 256}",
+    },
+    Field {
+        name: "training",
+        required: false,
+        expects: "an object with `rounds` or `epochs`, `tasks_per_round`, `optimizer` and `seed`, such as {\"rounds\": 100, \"tasks_per_round\": 4, \"optimizer\": {\"name\": \"adamw\", \"lr\": 2e-5}, \"seed\": 0}",
     },
     Field {
         name: "model",
@@ -87,10 +93,19 @@ pub(super) const MANIFEST_FIELDS: &[Field] = &[
         required: false,
         expects: "an object of at most 32 string values, such as {\"team\": \"nlp\"}",
     },
+    Field {
+        name: "notify",
+        required: false,
+        expects: "a notification target that the site accepts, such as \"sqs://sqs.eu-west-1.amazonaws.com/123456789012/job-notices\" or \"pubsub://projects/my-lab/topics/job-notices\"",
+    },
 ];
 
 /// Each known kernel's name and the fields its object may contain, `name` included.
-pub(super) const KERNELS: &[(&str, &[Field])] = &[("embed", EMBED_FIELDS)];
+pub(super) const KERNELS: &[(&str, &[Field])] = &[
+    ("embed", EMBED_FIELDS),
+    ("contrastive", training::CONTRASTIVE_FIELDS),
+    ("prompt_tune", training::PROMPT_TUNE_FIELDS),
+];
 
 const EMBED_FIELDS: &[Field] = &[
     Field {
@@ -171,9 +186,14 @@ pub(super) fn check_manifest(report: &mut Report, document: &Value) {
         .get("inputs")
         .and_then(|inputs| check_inputs(report, &top.path_of("inputs"), inputs));
     let records_per_task = top.integer(report, "records_per_task", 1..=MAX_RECORDS_PER_TASK);
-    if let (Some(shard_records), Some(records_per_task)) = (shard_records, records_per_task) {
-        check_task_count(report, &top, &shard_records, records_per_task);
+    let mut tasks = None;
+    if let (Some(shard_records), Some(records_per_task)) = (&shard_records, records_per_task) {
+        check_task_count(report, &top, shard_records, records_per_task);
+        tasks = u64::try_from(records_per_task)
+            .ok()
+            .map(|per_task| task_count(shard_records, per_task));
     }
+    training::check_training(report, &top, tasks, records_per_task);
     top.checked_string(report, "output", |uri| {
         rules::storage_uri(uri, UriKind::Prefix).map(drop)
     });
@@ -207,6 +227,7 @@ fn check_limits(report: &mut Report, top: &Object) {
     top.integer(report, "priority", -100..=100);
     top.checked_string(report, "deadline", rules::deadline);
     top.checked_string(report, "idempotency_key", rules::idempotency_key);
+    top.checked_string(report, "notify", rules::notify_target);
 }
 
 fn check_kernel(report: &mut Report, path: &str, kernel: &Value) {
@@ -215,52 +236,19 @@ fn check_kernel(report: &mut Report, path: &str, kernel: &Value) {
         report.reject_type(path, kernel, "an object", fix);
         return;
     }
-    let Some(fields) = kernel_fields(report, path, kernel) else {
+    let Some(fields) = variant_fields(report, path, kernel, KERNELS, "kernel") else {
         return;
     };
     let Some(settings) = Object::open(report, path, kernel, fields, "an object") else {
         return;
     };
-    // Only `embed` exists so far; a second kernel gets its own settings check here.
-    settings.integer(report, "max_seq_len", 1..=512);
-}
-
-/// Returns the field table of the kernel that `kernel.name` names, reporting a missing,
-/// mistyped or unknown name. The kernel's other fields are checked only against a
-/// known kernel's table.
-fn kernel_fields(report: &mut Report, path: &str, kernel: &Value) -> Option<&'static [Field]> {
-    let known: Vec<&str> = KERNELS.iter().map(|(name, _)| *name).collect();
-    let known_list = list_names(known.iter().copied());
-    let name_path = field_path(path, "name");
-
-    let Some(name_value) = kernel.get("name") else {
-        report.reject(
-            &name_path,
-            None,
-            "missing required field `name`",
-            format!("add `name` with one of the known kernels: {known_list}"),
-        );
-        return None;
-    };
-    let Some(name) = name_value.as_str() else {
-        let fix = format!("set `{name_path}` to one of the known kernels: {known_list}");
-        report.reject_type(&name_path, name_value, "a string", fix);
-        return None;
-    };
-
-    if let Some((_, fields)) = KERNELS.iter().find(|(known_name, _)| *known_name == name) {
-        return Some(fields);
+    match kernel.get("name").and_then(Value::as_str) {
+        Some("embed") => {
+            settings.integer(report, "max_seq_len", 1..=512);
+        }
+        Some(name) => training::check_kernel_settings(report, &settings, name),
+        None => {}
     }
-    let hint = suggest(name, &known)
-        .map(|near| format!(" (did you mean `{near}`?)"))
-        .unwrap_or_default();
-    report.reject(
-        &name_path,
-        Some(name_value),
-        format!("unknown kernel `{}`", shorten_text(name)),
-        format!("set `{name_path}` to one of the known kernels: {known_list}{hint}"),
-    );
-    None
 }
 
 fn check_model(report: &mut Report, path: &str, model: &Value) {

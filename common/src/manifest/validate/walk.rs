@@ -423,6 +423,120 @@ impl<'a> Object<'a> {
         );
         None
     }
+
+    /// Returns field `name` as a number (integer or fractional) within `bounds`,
+    /// reporting any other type or value.
+    pub fn number(&self, report: &mut Report, name: &str, bounds: NumberBounds) -> Option<f64> {
+        let value = self.get(name)?;
+        let Some(number) = value.as_f64() else {
+            self.reject_field_type(report, name, value, "a number");
+            return None;
+        };
+        if bounds.contains(number) {
+            return Some(number);
+        }
+
+        let path = self.path_of(name);
+        report.reject(
+            &path,
+            Some(value),
+            format!(
+                "invalid value {value}: `{name}` must be {}",
+                bounds.describe()
+            ),
+            format!("set `{path}` to {}", self.field(name).expects),
+        );
+        None
+    }
+}
+
+/// An interval of valid numbers; each end is included unless marked exclusive.
+#[derive(Clone, Copy)]
+pub(super) struct NumberBounds {
+    pub min: f64,
+    pub min_exclusive: bool,
+    pub max: f64,
+    pub max_exclusive: bool,
+}
+
+impl NumberBounds {
+    /// Both ends included.
+    pub const fn closed(min: f64, max: f64) -> Self {
+        Self {
+            min,
+            min_exclusive: false,
+            max,
+            max_exclusive: false,
+        }
+    }
+
+    fn contains(&self, number: f64) -> bool {
+        let above_min = if self.min_exclusive {
+            number > self.min
+        } else {
+            number >= self.min
+        };
+        let below_max = if self.max_exclusive {
+            number < self.max
+        } else {
+            number <= self.max
+        };
+        above_min && below_max
+    }
+
+    /// Describes the interval, such as "greater than 0 and at most 10".
+    pub fn describe(&self) -> String {
+        match (self.min_exclusive, self.max_exclusive) {
+            (false, false) => format!("from {} to {}", self.min, self.max),
+            (true, false) => format!("greater than {} and at most {}", self.min, self.max),
+            (false, true) => format!("from {} to below {}", self.min, self.max),
+            (true, true) => format!("greater than {} and below {}", self.min, self.max),
+        }
+    }
+}
+
+/// Returns the field table of the variant that the object's `name` field selects
+/// (a kernel or an optimizer), reporting a missing, mistyped or unknown name. `noun`
+/// names one variant in messages, such as "kernel".
+pub(super) fn variant_fields(
+    report: &mut Report,
+    path: &str,
+    object: &Value,
+    variants: &[(&'static str, &'static [Field])],
+    noun: &str,
+) -> Option<&'static [Field]> {
+    let known: Vec<&str> = variants.iter().map(|(name, _)| *name).collect();
+    let known_list = list_names(known.iter().copied());
+    let name_path = field_path(path, "name");
+
+    let Some(name_value) = object.get("name") else {
+        report.reject(
+            &name_path,
+            None,
+            "missing required field `name`",
+            format!("add `name` with one of the known {noun}s: {known_list}"),
+        );
+        return None;
+    };
+    let Some(name) = name_value.as_str() else {
+        let fix = format!("set `{name_path}` to one of the known {noun}s: {known_list}");
+        report.reject_type(&name_path, name_value, "a string", fix);
+        return None;
+    };
+
+    if let Some((_, fields)) = variants.iter().find(|(known_name, _)| *known_name == name) {
+        return Some(fields);
+    }
+    let hint = suggest(name, &known)
+        .map(|near| format!(" (did you mean `{near}`?)"))
+        .unwrap_or_default();
+    report.reject(
+        &name_path,
+        Some(name_value),
+        format!("unknown {noun} `{}`", shorten_text(name)),
+        format!("set `{name_path}` to one of the known {noun}s: {known_list}{hint}"),
+    );
+    None
 }
 
 #[cfg(test)]

@@ -1,0 +1,59 @@
+//! Training in rounds: the file formats and the pure math of the reduce step, without
+//! libtorch, so that the daemon can reduce gradients and step the optimizer.
+//!
+//! Terms used across the module:
+//! - **round**: one optimizer step. Round k's tasks run forward and backward passes on
+//!   the same weights file, and their partial gradients reduce to one gradient;
+//! - **weights file**: a safetensors file of F32 tensors pinned by SHA-256. Round 0's
+//!   is the model's own `model.safetensors`. Round k + 1's contains only the trained
+//!   tensors (the trained parameters of `contrastive`, under their names in
+//!   `model.safetensors`, or the `prompt` tensor of `prompt_tune`), which overlay the
+//!   model's weights;
+//! - **partial gradient**: one task's result, see [`reduce`];
+//! - **optimizer state**: the optimizer's buffers after a round, see [`optim`].
+//!
+//! The reduce step of round k is [`reduce_partials`] (or [`GradientReducer`]) over the
+//! round's partial gradients, then [`apply_round`] on round k's weights file and the
+//! optimizer state of round k − 1. Given the same files, it produces the same bytes,
+//! and therefore the same SHA-256, whatever order the partials arrive in.
+
+pub mod optim;
+pub mod prompt;
+pub mod reduce;
+pub mod schedule;
+pub mod tensors;
+pub mod update;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Sha256Hex;
+use crate::manifest::{Kernel, Training};
+
+pub use optim::{OptimError, OptimizerState};
+pub use prompt::{PROMPT_TENSOR, initial_prompt};
+pub use reduce::{GradientReducer, PartialGradient, ReduceError, ReducedGradient, reduce_partials};
+pub use schedule::{epoch_order, round_tasks, rounds_per_epoch, total_rounds};
+pub use tensors::{F32Tensor, TensorFile, TensorFileError};
+pub use update::{RoundUpdate, UpdateError, apply_round, round_parameters};
+
+/// The round a training task belongs to and the weights file it runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TrainRound {
+    /// Round number, from 0.
+    pub round: u32,
+    /// URI of the round's weights file; round 0 names the model's `model.safetensors`.
+    pub weights_uri: String,
+    /// SHA-256 of the weights file's bytes.
+    pub weights_sha256: Sha256Hex,
+}
+
+/// Returns the settings that a training task's run hash binds: the kernel's settings,
+/// the `training` section (optimizer, seed, rounds) and the round number. The weights
+/// file belongs in the run identity's data list, with its SHA-256.
+pub fn run_settings(kernel: &Kernel, training: &Training, round: u32) -> serde_json::Value {
+    serde_json::json!({
+        "kernel": kernel,
+        "training": training,
+        "round": round,
+    })
+}
