@@ -109,6 +109,19 @@ fn malformed(base: &serde_json::Value) -> Vec<(&'static str, Vec<u8>, &'static s
             "output",
         ),
         (
+            "training kernel",
+            edited(base, |m| {
+                m["kernel"] = serde_json::json!({"name": "contrastive"});
+                m["training"] = serde_json::json!({
+                    "rounds": 2,
+                    "tasks_per_round": 1,
+                    "optimizer": {"name": "sgd", "lr": 0.01},
+                    "seed": 1
+                });
+            }),
+            "training rounds",
+        ),
+        (
             "worker digest of another build",
             edited(base, |m| {
                 m["worker"]["binary_sha256"] = "ab".repeat(32).into()
