@@ -17,8 +17,8 @@
 #      integration tests run that binary as the GCS stand-in.
 #   6. Google's Pub/Sub emulator, the Debian package google-cloud-cli-pubsub-emulator
 #      from Google's apt repository, with a Java runtime. It is skipped when the jar is
-#      present; on a machine whose apt sources lack Google's repository, the step
-#      stops with the commands that add it.
+#      present. On a machine whose apt sources lack Google's repository, the step stops
+#      and names the page that explains how to add it.
 #
 # Wheels are cached in $SPILLWAY_DEPS/wheels. When every pinned wheel is already
 # there, pip installs without contacting PyPI. Each wheel set is installed into a

@@ -98,7 +98,7 @@ pub struct JobEnvelope {
     pub admitted_at: String,
     pub finished_at: String,
     pub labels: std::collections::BTreeMap<String, String>,
-    /// What the job's worker time cost, from the daemon's price table at reduce time.
+    /// The cost of the job's worker time, from the daemon's price table at reduce time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<JobCost>,
 }

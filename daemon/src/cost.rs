@@ -1,4 +1,4 @@
-//! What worker time costs: prices from the `[cost]` table applied to the usage that
+//! The cost of worker time: prices from the `[cost]` table applied to the usage that
 //! workers record per job.
 
 use spillway_common::envelope::{CostLine, JobCost};

@@ -386,7 +386,7 @@ impl Reconciler {
         Ok((snapshot, owners))
     }
 
-    /// Counts workers that the ledger knows but no backend reports, such as local
+    /// Counts workers registered in the ledger but reported by no backend, such as local
     /// workers that a previous daemon started, as running on the first pool, so that
     /// placement does not start a second fleet after a restart.
     async fn count_unseen_workers(

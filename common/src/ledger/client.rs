@@ -181,7 +181,7 @@ pub struct TaskObservation {
     /// GPU model of the worker, or `cpu`; empty from workers older than this field.
     #[serde(default)]
     pub gpu_sku: String,
-    /// GPUs the worker holds (0 on the CPU).
+    /// GPUs allocated to the worker (0 on the CPU).
     #[serde(default)]
     pub gpus: u32,
     /// Digest of the model the kernel ran, which keys the learned task durations.

@@ -400,9 +400,9 @@ impl Backend for SlurmBackend {
         DEFAULT_STARTUP_SECS
     }
 
-    /// One pool target. Pending and unseen elements count as requested, and the start-up
-    /// estimate grows with the age of the oldest waiting element, so that a pool that
-    /// others keep full makes placement spill.
+    /// Returns one pool target. Pending and unseen elements count as requested. The
+    /// start-up estimate grows with the age of the oldest waiting element, so a pool
+    /// that others keep full makes placement spill.
     async fn targets(&self, jobs: &[String]) -> Vec<BackendSnapshot> {
         let state = self.state.lock().await;
         let mut workers = HashMap::new();

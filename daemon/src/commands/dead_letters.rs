@@ -11,7 +11,7 @@ use spillway_common::manifest::ManifestError;
 use super::output::{OutputFormat, print_json};
 use crate::config::Config;
 
-/// Longest manifest excerpt shown in text output.
+/// Maximum length of the manifest excerpt shown in text output.
 const EXCERPT_CHARS: usize = 120;
 
 /// One dead-lettered message.
@@ -21,7 +21,7 @@ pub struct DeadLetter {
     pub entry_id: String,
     /// Id of the message as the intake received it.
     pub message_id: String,
-    /// Why the message was rejected.
+    /// The reason the message was rejected.
     pub reason: String,
     /// Validation errors, when the manifest was invalid.
     pub errors: Vec<ManifestError>,

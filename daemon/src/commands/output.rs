@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-/// How a read command prints what it found.
+/// The format in which a read command prints what it found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     /// Aligned text for people.

@@ -54,8 +54,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         )?)),
         false => None,
     };
-    // One pool (Slurm when it is enabled, else the local backend) and AWS Batch for
-    // the overflow when it is enabled; placement decides what goes where.
+    // The pool is Slurm when it is enabled, else the local backend. AWS Batch, when
+    // enabled, takes the overflow, and placement decides what goes where.
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
     if config.backend.slurm.enabled {
         let slurm = slurm_backend(&config, ledger.clone(), worker_ledger.clone()).await?;

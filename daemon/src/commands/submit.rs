@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::intake::redis_stream;
 use crate::intake::sqs::SqsQueue;
 
-/// Where `spillway submit` sends a manifest.
+/// The destination of `spillway submit`.
 pub enum Destination {
     /// The intake stream of `[intake.redis_stream]`.
     RedisStream,
@@ -147,7 +147,7 @@ async fn send_to_sqs(
     Ok(message_id)
 }
 
-/// What `spillway validate --output json` prints.
+/// The report that `spillway validate --output json` prints.
 #[derive(serde::Serialize)]
 struct Validation {
     valid: bool,

@@ -14,7 +14,7 @@ const MAX_LEASE_EXTENSION_SECS: u64 = 600;
 /// one request.
 const MAX_OUTSTANDING_MESSAGES: u32 = 1000;
 
-/// How a Google client authenticates.
+/// The authentication method of a Google client.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GoogleCredentials {
@@ -54,11 +54,11 @@ pub struct PubsubSubscriptionConfig {
     /// daemon that died is delivered again after at most this long.
     #[serde(default = "default_min_lease_secs")]
     pub min_lease_secs: u64,
-    /// Longest time the daemon holds one message. After it, the client stops
+    /// Maximum time the daemon keeps one message unacknowledged. After it, the client stops
     /// extending the lease and Pub/Sub delivers the message again.
     #[serde(default = "default_max_lease_secs")]
     pub max_lease_secs: u64,
-    /// Messages the daemon holds unacknowledged at once, 1 to 1000 (flow control).
+    /// Maximum messages kept unacknowledged at once, 1 to 1000 (flow control).
     #[serde(default = "default_max_outstanding_messages")]
     pub max_outstanding_messages: u32,
     /// A message whose delivery attempt exceeds this is dead-lettered instead of
