@@ -101,6 +101,20 @@ pub struct JobEnvelope {
     /// The cost of the job's worker time, from the daemon's price table at reduce time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<JobCost>,
+    /// The rounds of a training job; `None` for `embed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingRun>,
+}
+
+/// The rounds a training job ran. The artefact is the last round's weights file, and
+/// each round names the weights it ran on and the weights it wrote, so the chain from
+/// the model to the artefact can be checked digest by digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRun {
+    /// Rounds the manifest asks for.
+    pub rounds_total: u64,
+    /// Rounds reduced, in order.
+    pub rounds: Vec<crate::train::RoundRecord>,
 }
 
 /// A job's cost, itemised by kind of worker.

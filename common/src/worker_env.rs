@@ -21,5 +21,8 @@ pub const CACHE_DIR: &str = "SPILLWAY_CACHE_DIR";
 pub const LEASE_SECS: &str = "SPILLWAY_LEASE_SECS";
 /// Intra-op threads for the kernel; unset lets libtorch choose.
 pub const THREADS: &str = "SPILLWAY_THREADS";
+/// Seconds a training worker waits for the job's next round when no task is queued
+/// (default 600); an `embed` worker exits at once.
+pub const ROUND_WAIT_SECS: &str = "SPILLWAY_ROUND_WAIT_SECS";
 /// GPU model name reported in envelopes; `cpu` when the worker runs without a GPU.
 pub const GPU_SKU: &str = "SPILLWAY_GPU_SKU";

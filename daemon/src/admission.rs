@@ -58,13 +58,6 @@ impl Admitter {
                 errors: vec![error],
             });
         }
-        if let Err(error) = runnable_kernel(&manifest) {
-            let reason = ManifestErrors(vec![error.clone()]).to_string();
-            return Ok(Decision::Rejected {
-                reason,
-                errors: vec![error],
-            });
-        }
         if let Err(error) = self.notify_targets.check(&manifest) {
             let reason = ManifestErrors(vec![error.clone()]).to_string();
             return Ok(Decision::Rejected {
@@ -87,7 +80,13 @@ impl Admitter {
         }
 
         let job_id = job_id(&manifest);
-        let tasks = slice(&manifest);
+        // A training job's tasks are created round by round by the reconcile loop,
+        // pinned to each round's weights, so none exists at admission.
+        let tasks = if manifest.kernel.is_training() {
+            Vec::new()
+        } else {
+            slice(&manifest)
+        };
         let admission = self.ledger.admit(&job_id, &manifest, &tasks).await?;
 
         Ok(Decision::Admitted {
@@ -114,21 +113,6 @@ impl Admitter {
 
 /// Checks that this build can reach the stores the manifest names (output, model and
 /// the first shard's), so that no job admits work whose results it cannot write.
-/// Rejects the training kernels: the worker runs them, but this daemon does not yet
-/// run their rounds (reduce, optimizer step, next round's weights), so such a job
-/// would fail every task.
-fn runnable_kernel(manifest: &manifest::Manifest) -> Result<(), ManifestError> {
-    if !manifest.kernel.is_training() {
-        return Ok(());
-    }
-    Err(ManifestError {
-        path: "kernel.name".into(),
-        value: manifest.kernel.name().into(),
-        problem: "this daemon does not run training rounds yet".into(),
-        fix: "submit embed jobs only; training kernels run in a later Spillway release".into(),
-    })
-}
-
 fn supported_stores(manifest: &manifest::Manifest) -> Result<(), ManifestError> {
     let mut uris = vec![
         ("output", manifest.output.clone()),

@@ -12,6 +12,7 @@ mod notify;
 mod placement;
 mod reconcile;
 mod reduce;
+mod rounds;
 mod service;
 
 use std::process::ExitCode;

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub admission_seconds: Histogram,
     pub jobs: Family<StateLabels, Gauge>,
     pub jobs_finished: Family<StateLabels, Counter>,
+    pub training_rounds: Counter,
+    pub round_reduce_seconds: Histogram,
     pub tasks: Family<StateLabels, Gauge>,
     pub workers: Family<BackendLabels, Gauge>,
     pub workers_started: Family<BackendLabels, Counter>,
@@ -114,6 +116,8 @@ impl Metrics {
             admission_seconds: latency_histogram(),
             jobs: Family::default(),
             jobs_finished: Family::default(),
+            training_rounds: Counter::default(),
+            round_reduce_seconds: latency_histogram(),
             tasks: Family::default(),
             workers: Family::default(),
             workers_started: Family::default(),
@@ -156,6 +160,17 @@ impl Metrics {
             "jobs_finished",
             "Jobs that reached a final state",
             metrics.jobs_finished.clone(),
+        );
+        registry.register(
+            "training_rounds",
+            "Training rounds reduced: partial gradients averaged and one optimizer step taken",
+            metrics.training_rounds.clone(),
+        );
+        registry.register(
+            "round_reduce_seconds",
+            "Time a training round's reduce step took, from reading the partial gradients \
+             to the next round's tasks",
+            metrics.round_reduce_seconds.clone(),
         );
         registry.register(
             "tasks",
@@ -264,7 +279,7 @@ impl Metrics {
                 state: state.into(),
             });
         }
-        for state in ["admitting", "running", "reducing"] {
+        for state in ["admitting", "preparing", "running", "reducing"] {
             let _ = self.jobs.get_or_create(&StateLabels {
                 state: state.into(),
             });

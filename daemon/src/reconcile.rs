@@ -27,6 +27,7 @@ use crate::placement::{
     PlacementSettings, Placer, Plan, Snapshot, WorkerCount,
 };
 use crate::reduce;
+use crate::rounds::{self, RoundStep};
 
 /// Expired leases handled per job and pass.
 const REAP_LIMIT: u32 = 1000;
@@ -94,6 +95,8 @@ pub struct Reconciler {
     /// is logged when it changes rather than on every pass.
     logged: HashMap<(String, String), &'static str>,
     notifiers: Arc<Notifiers>,
+    /// A ledger connection of its own that waits for wakes between passes.
+    waker: Option<Ledger>,
 }
 
 impl Reconciler {
@@ -117,7 +120,16 @@ impl Reconciler {
             traits: HashMap::new(),
             logged: HashMap::new(),
             notifiers,
+            waker: None,
         }
+    }
+
+    /// Lets workers wake the loop through `waker`, a connection that no other
+    /// component uses: a job whose last task completed is then reduced at once,
+    /// rather than at the next pass. This matters between training rounds.
+    pub fn with_waker(mut self, waker: Ledger) -> Self {
+        self.waker = Some(waker);
+        self
     }
 
     /// Runs passes every `interval` until `shutdown`, pinging the systemd watchdog
@@ -133,6 +145,9 @@ impl Reconciler {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
+                Some(job_id) = wait_wake(self.waker.as_ref(), interval) => {
+                    debug!(job_id, "woken: a job's last task completed");
+                }
             }
             if let Err(error) = self.pass().await {
                 warn!(error = %error_chain(error.as_ref()), "reconcile pass failed; retrying next interval");
@@ -206,12 +221,18 @@ impl Reconciler {
                     return Ok(None);
                 };
                 match job.state.as_str() {
+                    "reducing" if job.round.is_some() => self.advance_round(&job).await,
                     "reducing" => self.reduce(&job).await.map(|()| None),
                     "running" => Ok(Some(job)),
                     _ => Ok(None),
                 }
             }
+            "reducing" if job.round.is_some() => self.advance_round(job).await,
             "reducing" => self.reduce(job).await.map(|()| None),
+            // A training job before its first round, or whose round's tasks a crash
+            // left half created.
+            "preparing" => self.advance_round(job).await,
+            "admitting" if job.round.is_some() => self.advance_round(job).await,
             "cancelled" => {
                 self.finish_backends(&job.job_id, "a cancelled job's").await;
                 self.ledger
@@ -465,7 +486,7 @@ impl Reconciler {
                 *tasks_by_state.entry(state).or_default() += count as i64;
             }
         }
-        for state in ["admitting", "running", "reducing"] {
+        for state in ["admitting", "preparing", "running", "reducing"] {
             let count = jobs_by_state.get(state).copied().unwrap_or(0);
             self.metrics
                 .jobs
@@ -509,7 +530,75 @@ impl Reconciler {
             .first()
             .map_or("cpu", |backend| backend.gpu_sku());
         let reduced = reduce::reduce(&self.ledger, job, gpu_sku, &prices).await?;
-        self.finish_backends(&job.job_id, "the finished job's leftover")
+        self.job_finished(&job.job_id, &reduced).await;
+        Ok(())
+    }
+
+    /// Runs a training job's next round step: begins round 0, finishes creating a
+    /// round's tasks, or reduces the current round and begins the next. Returns the
+    /// job when it runs again, so this pass already places its workers.
+    async fn advance_round(
+        &self,
+        job: &JobRecord,
+    ) -> Result<Option<JobRecord>, Box<dyn std::error::Error + Send + Sync>> {
+        if !self
+            .ledger
+            .try_lock_reduce(&job.job_id, &self.daemon_id, REDUCE_LOCK)
+            .await?
+        {
+            debug!(job_id = %job.job_id, "another daemon is advancing this job's rounds");
+            return Ok(None);
+        }
+        let prices = self.tunables.borrow().prices.clone();
+        let gpu_sku = self
+            .backends
+            .first()
+            .map_or("cpu", |backend| backend.gpu_sku());
+        let started = std::time::Instant::now();
+        let step = if job.state == "reducing" {
+            let step = rounds::reduce_round(&self.ledger, job, gpu_sku, &prices).await;
+            if step.is_ok() {
+                self.metrics.training_rounds.inc();
+                self.metrics
+                    .round_reduce_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            step
+        } else {
+            rounds::prepare(&self.ledger, job, gpu_sku, &prices).await
+        };
+        // Released at once, so the next round is not held up by this one's lock.
+        if let Err(error) = self
+            .ledger
+            .unlock_reduce(&job.job_id, &self.daemon_id)
+            .await
+        {
+            warn!(job_id = %job.job_id, error = %error_chain(&error), "failed to release the reduce lock; it expires by itself");
+        }
+
+        match step? {
+            RoundStep::Begun { round } => {
+                debug!(job_id = %job.job_id, round, "round open for leasing");
+                Ok(self
+                    .ledger
+                    .job(&job.job_id)
+                    .await?
+                    .filter(|job| job.state == "running"))
+            }
+            RoundStep::Concluded(reduced) => {
+                self.job_finished(&job.job_id, &reduced).await;
+                Ok(None)
+            }
+            RoundStep::Stale { state } => {
+                debug!(job_id = %job.job_id, state, "the job moved on; no round step");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Ends a finished job's workers, counts it, logs it and sends its notification.
+    async fn job_finished(&self, job_id: &str, reduced: &reduce::Reduced) {
+        self.finish_backends(job_id, "the finished job's leftover")
             .await;
         self.metrics
             .jobs_finished
@@ -518,7 +607,7 @@ impl Reconciler {
             })
             .inc();
         info!(
-            job_id = %job.job_id,
+            job_id,
             state = reduced.state,
             artefact = ?reduced.artefact_uri,
             run_hash = %reduced.envelope.run_hash,
@@ -526,8 +615,7 @@ impl Reconciler {
             cost = reduced.envelope.cost.as_ref().map_or(0.0, |cost| cost.total),
             "job finished"
         );
-        self.notifiers.job_finished(&job.job_id);
-        Ok(())
+        self.notifiers.job_finished(job_id);
     }
 
     /// Ends a job's leftover workers on every backend; a failure is logged only.
@@ -648,6 +736,23 @@ fn utc_day(unix_secs: f64) -> String {
         u8::from(time.month()),
         time.day()
     )
+}
+
+/// Waits for a wake on `waker` for up to `timeout`; never returns without a waker.
+async fn wait_wake(waker: Option<&Ledger>, timeout: Duration) -> Option<String> {
+    let Some(waker) = waker else {
+        return std::future::pending().await;
+    };
+    // Under the connection's 10 s response timeout.
+    let timeout = timeout.min(Duration::from_secs(5));
+    match waker.wait_wake(timeout).await {
+        Ok(woken) => woken,
+        Err(error) => {
+            debug!(error = %error_chain(&error), "waiting for a wake failed");
+            tokio::time::sleep(timeout).await;
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use spillway_common::artefact::EmbeddingBlock;
 use spillway_common::digest::Sha256Hex;
-use spillway_common::envelope::{DataRef, FailedTask, JobEnvelope, RunIdentity};
+use spillway_common::envelope::{DataRef, FailedTask, JobEnvelope, RunIdentity, TrainingRun};
 use spillway_common::layout;
 use spillway_common::ledger::{JobRecord, Ledger, TaskRecord};
 use spillway_common::manifest::Manifest;
@@ -52,7 +52,56 @@ pub async fn reduce(
 ) -> Result<Reduced, ReduceError> {
     let manifest = job.manifest()?;
     let tasks = ledger.tasks(&job.job_id, job.tasks_total).await?;
-    let failed: Vec<FailedTask> = tasks
+    let failed = failed_tasks(&tasks);
+
+    let conclusion = if failed.is_empty() {
+        let artefact = write_artefact(job, &manifest, &tasks).await?;
+        Conclusion::succeeded(artefact)
+    } else {
+        warn!(job_id = %job.job_id, failed_tasks = failed.len(), "job failed; no artefact is written");
+        Conclusion::failed(failed)
+    };
+    conclude(ledger, job, &manifest, conclusion, gpu_sku, prices).await
+}
+
+/// How a job ended, before its envelope is written.
+#[derive(Debug, Default)]
+pub struct Conclusion {
+    /// The artefact's URI and SHA-256, when the job succeeded.
+    pub artefact: Option<(String, Sha256Hex)>,
+    /// Tasks that ended failed or dead; the job failed when any did.
+    pub failed: Vec<FailedTask>,
+    /// The rounds of a training job.
+    pub training: Option<TrainingRun>,
+}
+
+impl Conclusion {
+    pub fn succeeded(artefact: (String, Sha256Hex)) -> Self {
+        Self {
+            artefact: Some(artefact),
+            ..Self::default()
+        }
+    }
+
+    pub fn failed(failed: Vec<FailedTask>) -> Self {
+        Self {
+            failed,
+            ..Self::default()
+        }
+    }
+
+    fn state(&self) -> &'static str {
+        if self.failed.is_empty() && self.artefact.is_some() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+    }
+}
+
+/// Lists the tasks that did not succeed, with their reasons.
+pub fn failed_tasks(tasks: &[TaskRecord]) -> Vec<FailedTask> {
+    tasks
         .iter()
         .filter(|task| task.state != "succeeded")
         .map(|task| FailedTask {
@@ -63,16 +112,24 @@ pub async fn reduce(
                 .clone()
                 .unwrap_or_else(|| "no reason recorded".into()),
         })
-        .collect();
+        .collect()
+}
 
-    let (state, artefact) = if failed.is_empty() {
-        let (uri, sha256) = write_artefact(job, &manifest, &tasks).await?;
-        ("succeeded", Some((uri, sha256)))
-    } else {
-        warn!(job_id = %job.job_id, failed_tasks = failed.len(), "job failed; no artefact is written");
-        ("failed", None)
-    };
-
+/// Writes the job envelope (create-only) and records the job's final state.
+pub async fn conclude(
+    ledger: &Ledger,
+    job: &JobRecord,
+    manifest: &Manifest,
+    conclusion: Conclusion,
+    gpu_sku: &str,
+    prices: &PriceTable,
+) -> Result<Reduced, ReduceError> {
+    let state = conclusion.state();
+    let Conclusion {
+        artefact,
+        failed,
+        training,
+    } = conclusion;
     let usage = ledger.usage(&job.job_id).await?;
     let mut skus: Vec<&str> = usage.iter().map(|entry| entry.gpu_sku.as_str()).collect();
     skus.sort_unstable();
@@ -82,7 +139,7 @@ pub async fn reduce(
     } else {
         skus.join("+")
     };
-    let identity = job_identity(&manifest, &gpu_sku);
+    let identity = job_identity(manifest, &gpu_sku);
     let envelope = JobEnvelope {
         job_id: job.job_id.clone(),
         name: job.name.clone(),
@@ -100,6 +157,7 @@ pub async fn reduce(
         finished_at: rfc3339_from_ms(spillway_common::ledger::now_ms()),
         labels: manifest.labels.clone(),
         cost: Some(prices.job_cost(&usage)),
+        training,
     };
 
     let envelope_uri = layout::job_envelope_uri(&manifest.output, &job.job_id);
@@ -114,6 +172,7 @@ pub async fn reduce(
         "artefact_sha256": envelope.artefact_sha256,
         "envelope_uri": envelope_uri,
         "failed_tasks": envelope.failed_tasks.len(),
+        "rounds": envelope.training.as_ref().map(|training| training.rounds.len()),
     });
     let artefact_uri = envelope.artefact_uri.clone();
     ledger
@@ -226,10 +285,19 @@ pub fn job_identity(manifest: &Manifest, gpu_sku: &str) -> RunIdentity {
             sha256: shard.sha256.clone(),
         })
         .collect();
+    // A training job's settings include the `training` section: optimizer, seed and
+    // rounds. Each round's weights are bound by the envelope's round records.
+    let kernel_settings = match &manifest.training {
+        Some(training) => serde_json::json!({
+            "kernel": manifest.kernel,
+            "training": training,
+        }),
+        None => serde_json::to_value(&manifest.kernel).expect("kernel serializes"),
+    };
     RunIdentity {
         worker_digest: manifest.worker.digest(),
         kernel: manifest.kernel.name().to_string(),
-        kernel_settings: serde_json::to_value(&manifest.kernel).expect("kernel serializes"),
+        kernel_settings,
         model_sha256: manifest.model.sha256.clone(),
         data,
         gpu_sku: gpu_sku.to_string(),

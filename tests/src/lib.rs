@@ -8,6 +8,7 @@ pub mod moto;
 pub mod proxy;
 pub mod pubsub;
 pub mod slurm;
+pub mod training;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use redis::AsyncCommands;
 use spillway_common::ledger::Ledger;
+use spillway_tests::training::{kill_workers, wait_job};
 use spillway_tests::{
     Daemon, DaemonOptions, RedisServer, embed_manifest, job_id_of, sample_records, send_raw,
     serial, wait_finished, write_shard,
@@ -15,38 +15,9 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 /// Waits until some task of the job is leased, then SIGKILLs every registered worker.
 /// Returns the number of workers killed.
 async fn kill_workers_mid_task(redis: &RedisServer, ledger: &Ledger, job_id: &str) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job = ledger.job(job_id).await.unwrap();
-        if job.is_some_and(|job| job.leased > 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no task of {job_id} was leased within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let workers: Vec<String> = conn
-        .zrange(ledger.keys().workers(job_id), 0, -1)
-        .await
-        .unwrap();
-    let mut killed = 0;
-    for worker_id in workers {
-        // Worker ids end in the process id: local-<array>-<index>-<host>-<pid>.
-        let pid = worker_id.rsplit('-').next().unwrap();
-        let status = std::process::Command::new("kill")
-            .args(["-KILL", pid])
-            .status()
-            .unwrap();
-        if status.success() {
-            killed += 1;
-        }
-    }
-    killed
+    let timeout = Duration::from_secs(60);
+    wait_job(ledger, job_id, timeout, "a lease", |job| job.leased > 0).await;
+    kill_workers(redis, ledger, job_id).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

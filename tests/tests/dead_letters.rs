@@ -109,17 +109,17 @@ fn malformed(base: &serde_json::Value) -> Vec<(&'static str, Vec<u8>, &'static s
             "output",
         ),
         (
-            "training kernel",
+            "training round larger than the job",
             edited(base, |m| {
                 m["kernel"] = serde_json::json!({"name": "contrastive"});
                 m["training"] = serde_json::json!({
                     "rounds": 2,
-                    "tasks_per_round": 1,
+                    "tasks_per_round": 1000,
                     "optimizer": {"name": "sgd", "lr": 0.01},
                     "seed": 1
                 });
             }),
-            "training rounds",
+            "training.tasks_per_round",
         ),
         (
             "worker digest of another build",

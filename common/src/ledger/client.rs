@@ -135,6 +135,44 @@ pub struct JobRecord {
     pub artefact_uri: Option<String>,
     /// JSON summary written when the job finished.
     pub summary: Option<String>,
+    /// The current round of a training job, once its first round has begun.
+    pub round: Option<RoundPointer>,
+}
+
+/// Where a training job stands: its current round and the files that round runs on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RoundPointer {
+    pub round: u32,
+    /// The weights file the round's tasks run on, with its SHA-256.
+    pub weights_uri: String,
+    pub weights_sha256: String,
+    /// The optimizer state the previous round wrote; empty for round 0.
+    pub optimizer_uri: String,
+    pub optimizer_sha256: String,
+    /// When the round's tasks were created.
+    pub started_at_ms: i64,
+}
+
+/// The files a new round runs on and the record of the round reduced before it.
+#[derive(Debug, Clone)]
+pub struct RoundStart<'a> {
+    pub round: u32,
+    pub weights_uri: &'a str,
+    pub weights_sha256: &'a str,
+    pub optimizer_uri: &'a str,
+    pub optimizer_sha256: &'a str,
+    /// The previous round's record; `None` for round 0.
+    pub previous: Option<&'a crate::train::RoundRecord>,
+}
+
+/// Outcome of [`Ledger::begin_round`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoundBegin {
+    /// The round's tasks exist and the job is running again.
+    Running,
+    /// The job is not in a state from which this round begins (another daemon began
+    /// it and it has moved on, or the job was cancelled); holds that state.
+    Stale(String),
 }
 
 impl JobRecord {
@@ -268,12 +306,19 @@ impl Ledger {
 
         if state == "created" || state == "admitting" {
             self.add_tasks(job_id, tasks).await?;
+            // A training job is admitted without tasks; the daemon creates each round's.
+            let open_state = if manifest.kernel.is_training() {
+                "preparing"
+            } else {
+                "running"
+            };
             let opened: String = scripts::OPEN_JOB
                 .key(self.keys.job(job_id))
+                .arg(open_state)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(redis_error("open_job"))?;
-            if opened != "running" {
+            if opened != open_state {
                 return Err(LedgerError::Corrupt {
                     what: "job state after admission",
                     job_id: job_id.to_string(),
@@ -328,6 +373,102 @@ impl Ledger {
                     })?;
         }
         Ok(())
+    }
+
+    /// Begins a training round: records the files it runs on and the previous round's
+    /// record, creates the round's `tasks` and opens the job for leasing. Round 0
+    /// begins from `preparing`, round k + 1 from `reducing` after round k. Safe to
+    /// repeat after a crash: tasks that exist are kept, and a record is listed once.
+    pub async fn begin_round(
+        &self,
+        job_id: &str,
+        start: &RoundStart<'_>,
+        tasks: &[TaskSpec],
+    ) -> Result<RoundBegin, LedgerError> {
+        let mut conn = self.conn.clone();
+        let record = start
+            .previous
+            .map(|record| serde_json::to_string(record).expect("round record serializes"))
+            .unwrap_or_default();
+        let outcome: String = scripts::BEGIN_ROUND
+            .key(self.keys.job(job_id))
+            .key(self.keys.rounds(job_id))
+            .arg(start.round)
+            .arg(tasks.len())
+            .arg(start.weights_uri)
+            .arg(start.weights_sha256)
+            .arg(start.optimizer_uri)
+            .arg(start.optimizer_sha256)
+            .arg(record)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("begin_round", job_id, source))?;
+        if outcome != "begun" && outcome != "resume" {
+            return Ok(RoundBegin::Stale(outcome));
+        }
+
+        self.add_tasks(job_id, tasks).await?;
+        let opened: String = scripts::OPEN_JOB
+            .key(self.keys.job(job_id))
+            .arg("running")
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("open_round", job_id, source))?;
+        if opened == "running" {
+            Ok(RoundBegin::Running)
+        } else {
+            Ok(RoundBegin::Stale(opened))
+        }
+    }
+
+    /// Reads the records of a training job's reduced rounds, oldest first. The last
+    /// round of a finished job is in its envelope only.
+    pub async fn rounds(
+        &self,
+        job_id: &str,
+    ) -> Result<Vec<crate::train::RoundRecord>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let lines: Vec<String> = conn
+            .lrange(self.keys.rounds(job_id), 0, -1)
+            .await
+            .map_err(|source| self.redis_error("read_rounds", job_id, source))?;
+        lines
+            .iter()
+            .map(|line| {
+                serde_json::from_str(line).map_err(|error| LedgerError::Corrupt {
+                    what: "round record",
+                    job_id: job_id.to_string(),
+                    detail: error.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Wakes the daemons' reconcile loops for `job_id`. Best effort: a lost wake only
+    /// delays the job to the next pass.
+    pub async fn wake(&self, job_id: &str) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.wake();
+        let _: () = redis::pipe()
+            .lpush(&key, job_id)
+            .ignore()
+            .ltrim(&key, 0, 999)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("wake", job_id, source))?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for a wake and returns the woken job id, or `None` on
+    /// timeout. Blocks the connection, so call it on a ledger of its own.
+    pub async fn wait_wake(&self, timeout: Duration) -> Result<Option<String>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let popped: Option<(String, String)> = conn
+            .blpop(self.keys.wake(), timeout.as_secs_f64())
+            .await
+            .map_err(|source| self.redis_error("wait_wake", "*", source))?;
+        Ok(popped.map(|(_, job_id)| job_id))
     }
 
     /// Leases the next queued task of a job for `lease`, or returns `None` when no task
@@ -425,7 +566,12 @@ impl Ledger {
 
         match outcome.as_str() {
             "completed" => Ok(Completion::Completed),
-            "completed_last" => Ok(Completion::CompletedLast),
+            "completed_last" => {
+                // The job can be reduced now; a daemon waiting for wakes starts at once.
+                // Losing the wake only delays the reduction to the next pass.
+                let _ = self.wake(job_id).await;
+                Ok(Completion::CompletedLast)
+            }
             "duplicate" => Ok(Completion::Duplicate),
             other => Err(LedgerError::Corrupt {
                 what: "completion outcome",
@@ -570,9 +716,21 @@ impl Ledger {
 
     /// Reads every task record of a job, in task order.
     pub async fn tasks(&self, job_id: &str, total: u64) -> Result<Vec<TaskRecord>, LedgerError> {
+        self.tasks_range(job_id, 0, total).await
+    }
+
+    /// Reads `count` task records from the job's task number `first` on, in task order.
+    pub async fn tasks_range(
+        &self,
+        job_id: &str,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<TaskRecord>, LedgerError> {
         let mut conn = self.conn.clone();
-        let mut records = Vec::with_capacity(total as usize);
-        let ids: Vec<String> = (0..total as u32).map(crate::task::task_id).collect();
+        let mut records = Vec::with_capacity(count as usize);
+        let ids: Vec<String> = (first..first + count)
+            .map(|number| crate::task::task_id(number as u32))
+            .collect();
 
         for chunk in ids.chunks(ADMIT_CHUNK) {
             let mut pipe = redis::pipe();
@@ -840,6 +998,31 @@ impl Ledger {
         Ok(taken.is_some())
     }
 
+    /// Moves a training job that cannot begin its first round (its model does not
+    /// match its digest) from `preparing` to `reducing`, so it can be concluded.
+    pub async fn close_preparing(&self, job_id: &str) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = scripts::CLOSE_PREPARING
+            .key(self.keys.job(job_id))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("close_preparing", job_id, source))?;
+        Ok(())
+    }
+
+    /// Releases the job's reduce lock if `owner` still holds it, so the job's next
+    /// round can be reduced without waiting for the lock to expire.
+    pub async fn unlock_reduce(&self, job_id: &str, owner: &str) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = scripts::UNLOCK
+            .key(self.keys.reduce_lock(job_id))
+            .arg(owner)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("unlock_reduce", job_id, source))?;
+        Ok(())
+    }
+
     fn redis_error(
         &self,
         operation: &'static str,
@@ -878,6 +1061,14 @@ fn job_record(job_id: &str, fields: &HashMap<String, String>) -> JobRecord {
         finished_at_ms: optional("finished_at_ms").and_then(|value| value.parse().ok()),
         artefact_uri: optional("artefact_uri"),
         summary: optional("summary"),
+        round: optional("round").map(|round| RoundPointer {
+            round: round.parse().unwrap_or_default(),
+            weights_uri: text("round_weights_uri"),
+            weights_sha256: text("round_weights_sha256"),
+            optimizer_uri: text("optimizer_uri"),
+            optimizer_sha256: text("optimizer_sha256"),
+            started_at_ms: parse_field(fields, "round_started_at_ms"),
+        }),
     }
 }
 

@@ -62,6 +62,17 @@ impl Keys {
         format!("{}:burst-spend:{day}", self.prefix)
     }
 
+    /// List of a training job's reduced rounds, one JSON record each, oldest first.
+    pub fn rounds(&self, job_id: &str) -> String {
+        format!("{}:{{{job_id}}}:rounds", self.prefix)
+    }
+
+    /// List that wakes daemons: a worker pushes a job id when it completes the job's
+    /// last open task, so the job is reduced without waiting for the next pass.
+    pub fn wake(&self) -> String {
+        format!("{}:wake", self.prefix)
+    }
+
     /// Lock that lets one daemon at a time reduce a job.
     pub fn reduce_lock(&self, job_id: &str) -> String {
         format!("{}:{{{job_id}}}:reduce-lock", self.prefix)
@@ -103,6 +114,7 @@ mod tests {
             keys.queue("j-0123456789abcdef0123"),
             keys.leases("j-0123456789abcdef0123"),
             keys.workers("j-0123456789abcdef0123"),
+            keys.rounds("j-0123456789abcdef0123"),
         ] {
             assert!(key.contains(tag), "{key} lacks the hash tag");
         }

@@ -11,7 +11,11 @@
 //! retried) | `dead` (max attempts used). A retryable failure or an expired lease
 //! moves a leased task back to `queued`. Job states: `admitting` → `running` →
 //! `reducing` (every task is terminal) → `succeeded` | `failed`, or `cancelled` from
-//! any state before those.
+//! any state before those. A training job runs in rounds: `admitting` → `preparing`
+//! (no task yet) → `admitting` (round 0's tasks) → `running` → `reducing` →
+//! `admitting` (round 1's tasks) → … → `reducing` after the last round →
+//! `succeeded` | `failed`. Round k's tasks are the job's task numbers
+//! `k × tasks_per_round` to `(k + 1) × tasks_per_round − 1`.
 //!
 //! [`Ledger::connect`] takes one of these URLs:
 //! - `redis://[user:password@]host:port/db`, or `rediss://` for TLS: one Redis server.

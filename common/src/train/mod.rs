@@ -47,6 +47,32 @@ pub struct TrainRound {
     pub weights_sha256: Sha256Hex,
 }
 
+/// One reduced round, as the ledger keeps it and the job envelope lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Round number, from 0.
+    pub round: u32,
+    /// SHA-256 of the weights file the round's tasks ran on.
+    pub weights_sha256: Sha256Hex,
+    /// Partial gradients reduced (the round's tasks).
+    pub tasks: u32,
+    /// Pairs over the round's tasks.
+    pub samples: u64,
+    /// Sample-weighted mean of the tasks' losses, before the step.
+    pub loss: f64,
+    /// The weights file the round's step wrote: the next round's input, or the job's
+    /// artefact after the last round.
+    pub next_weights_uri: String,
+    pub next_weights_sha256: Sha256Hex,
+    /// The optimizer state after the round's step.
+    pub optimizer_state_uri: String,
+    pub optimizer_state_sha256: Sha256Hex,
+    /// Time from the round's start (its tasks created) to its reduction.
+    pub round_secs: f64,
+    /// Time the reduce step took: reading partials, the optimizer step and the writes.
+    pub reduce_secs: f64,
+}
+
 /// Returns the settings that a training task's run hash binds: the kernel's settings,
 /// the `training` section (optimizer, seed, rounds) and the round number. The weights
 /// file belongs in the run identity's data list, with its SHA-256.

@@ -148,7 +148,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         daemon_id.clone(),
         tunables_rx,
         notifiers,
-    );
+    )
+    .with_waker(Ledger::connect(&url, &config.ledger.prefix).await?);
     metrics.set_budgets(config.cost.budget_per_hour, config.cost.budget_per_day);
     let interval = Duration::from_secs_f64(config.daemon.reconcile_interval_secs);
     tasks.spawn(reconciler.run(interval, shutdown.clone()));

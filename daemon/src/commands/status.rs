@@ -138,6 +138,19 @@ fn print_job(job: &JobRecord, cost: &JobCost) {
         "tasks      {} total: {} succeeded, {} leased, {} queued, {} failed, {} dead",
         job.tasks_total, job.succeeded, job.leased, job.queued, job.failed, job.dead
     );
+    if let Some(round) = &job.round {
+        let total = job.manifest().ok().and_then(|manifest| {
+            let training = manifest.training.as_ref()?;
+            let tasks = spillway_common::task::slice(&manifest).len() as u64;
+            Some(spillway_common::train::total_rounds(training, tasks))
+        });
+        let total = total.map_or_else(|| "?".to_string(), |total| total.to_string());
+        println!(
+            "round      {} of {total}, on weights {}",
+            round.round + 1,
+            round.weights_sha256
+        );
+    }
     println!(
         "attempts   {} retries, {} lease expiries, {} duplicates suppressed",
         job.retries, job.lease_expiries, job.duplicates

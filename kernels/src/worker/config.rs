@@ -7,6 +7,10 @@ use anyhow::Context;
 use spillway_common::ledger::DEFAULT_PREFIX;
 use spillway_common::worker_env as env;
 
+/// Default wait of a training worker for the next round: long enough for the reduce
+/// step of a large model, short enough that a stalled job releases its GPUs.
+const DEFAULT_ROUND_WAIT_SECS: u64 = 600;
+
 /// Default lease length; heartbeats renew it every third of this.
 const DEFAULT_LEASE_SECS: u64 = 60;
 
@@ -24,6 +28,9 @@ pub struct WorkerConfig {
     pub lease: Duration,
     pub threads: Option<i32>,
     pub gpu_sku: String,
+    /// How long a training worker waits for the job's next round; see
+    /// [`env::ROUND_WAIT_SECS`].
+    pub round_wait: Duration,
 }
 
 impl WorkerConfig {
@@ -66,6 +73,9 @@ impl WorkerConfig {
             lease: Duration::from_secs(lease_secs),
             threads: parse(env::THREADS)?,
             gpu_sku: optional(env::GPU_SKU).unwrap_or_else(|| "cpu".into()),
+            round_wait: Duration::from_secs(
+                parse(env::ROUND_WAIT_SECS)?.unwrap_or(DEFAULT_ROUND_WAIT_SECS),
+            ),
         })
     }
 }

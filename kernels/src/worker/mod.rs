@@ -15,6 +15,7 @@ pub use config::WorkerConfig;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use spillway_common::envelope::RunIdentity;
@@ -120,13 +121,18 @@ async fn run_tasks(
     let mut context = TaskContext::new(config, ledger, manifest, kernel);
     let mut tasks_run = 0u64;
 
+    let mut waiting = RoundWait::new(config, manifest);
     while !stop.load(Ordering::Relaxed) {
         let Some(lease) = ledger
             .lease(&config.job_id, &config.worker_id, config.lease)
             .await?
         else {
+            if waiting.next_round(ledger, &config.job_id, stop).await? {
+                continue;
+            }
             break;
         };
+        waiting.reset();
         heartbeats.hold(&lease.task_id, lease.attempt);
 
         let result = context.run(&lease).await;
@@ -146,6 +152,60 @@ async fn run_tasks(
         "no task left for this worker; exiting"
     );
     Ok(())
+}
+
+/// Keeps a training worker between rounds: while the reduce step runs, no task is
+/// queued, but the next round's tasks will be, on weights the worker fetches in
+/// place of reloading the model. Polls the ledger, quickly at first.
+struct RoundWait {
+    /// `None` for `embed`, whose workers exit when no task is queued.
+    limit: Option<Duration>,
+    since: Option<std::time::Instant>,
+    delay: Duration,
+}
+
+impl RoundWait {
+    const FIRST_DELAY: Duration = Duration::from_millis(20);
+    const MAX_DELAY: Duration = Duration::from_millis(250);
+
+    fn new(config: &WorkerConfig, manifest: &Manifest) -> Self {
+        Self {
+            limit: manifest.kernel.is_training().then_some(config.round_wait),
+            since: None,
+            delay: Self::FIRST_DELAY,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.since = None;
+        self.delay = Self::FIRST_DELAY;
+    }
+
+    /// Returns whether to lease again: the job trains, has not finished and the wait
+    /// is within its limit. Sleeps before returning `true`.
+    async fn next_round(
+        &mut self,
+        ledger: &Ledger,
+        job_id: &str,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<bool> {
+        let Some(limit) = self.limit else {
+            return Ok(false);
+        };
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= limit || stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let Some(job) = ledger.job(job_id).await? else {
+            return Ok(false);
+        };
+        if job.is_finished() {
+            return Ok(false);
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX_DELAY);
+        Ok(true)
+    }
 }
 
 async fn report_failure(

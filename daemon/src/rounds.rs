@@ -1,0 +1,577 @@
+//! Training rounds: create each round's tasks, reduce a round's partial gradients into
+//! the next weights file, and conclude the job after its last round.
+//!
+//! The ledger holds each job's position (its round, the weights file and optimizer
+//! state that round runs on), and every step here can be repeated after a crash:
+//! round files are written create-only and are the same bytes on every attempt, and
+//! [`Ledger::begin_round`] creates only the tasks that do not exist yet. A daemon that
+//! restarts therefore continues from the last round the ledger recorded.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use spillway_common::digest::Sha256Hex;
+use spillway_common::envelope::{FailedTask, TrainingRun};
+use spillway_common::layout;
+use spillway_common::ledger::{JobRecord, Ledger, RoundBegin, RoundPointer, RoundStart};
+use spillway_common::manifest::{Manifest, Training};
+use spillway_common::model::{MODEL_FILES, model_digest};
+use spillway_common::store::{self, PutOutcome};
+use spillway_common::task::{TaskSpec, slice, task_id};
+use spillway_common::train::{
+    GradientReducer, RoundRecord, TrainRound, apply_round, round_tasks, total_rounds,
+};
+use tracing::{debug, info, warn};
+
+use crate::cost::PriceTable;
+use crate::reduce::{Conclusion, Reduced, conclude, failed_tasks};
+
+/// Partial gradients fetched ahead of the one being added.
+const FETCH_AHEAD: usize = 4;
+
+/// The model file whose tensors round 0 runs on.
+const MODEL_WEIGHTS: &str = "model.safetensors";
+
+/// Errors of a round step. A transient one (the store or the ledger is unreachable)
+/// leaves the job where it is for the next pass. A permanent one fails the job.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error(transparent)]
+    Ledger(#[from] spillway_common::ledger::LedgerError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Reduce(#[from] crate::reduce::ReduceError),
+    #[error("the partial gradients of round {round} do not reduce")]
+    Gradients {
+        round: u32,
+        #[source]
+        source: spillway_common::train::ReduceError,
+    },
+    #[error("the optimizer step of round {round} failed")]
+    Update {
+        round: u32,
+        #[source]
+        source: spillway_common::train::UpdateError,
+    },
+    #[error(
+        "model at {uri} does not match its pinned digest: expected {expected}, the files \
+         give {actual}"
+    )]
+    ModelDigest {
+        uri: String,
+        expected: Sha256Hex,
+        actual: Sha256Hex,
+    },
+    #[error(
+        "{uri} exists with SHA-256 {existing}, but round {round} computes {computed}; an \
+         earlier run wrote different bytes under this job's output"
+    )]
+    Conflict {
+        uri: String,
+        round: u32,
+        existing: Sha256Hex,
+        computed: Sha256Hex,
+    },
+    #[error("job {job_id} is in state {state}, which has no round step")]
+    State { job_id: String, state: String },
+    #[error("the reduce step's thread stopped")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl RoundError {
+    /// Returns whether retrying cannot help, so the job fails with this error as its reason.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RoundError::Store(error) => error.is_data_error(),
+            RoundError::Gradients { .. }
+            | RoundError::Update { .. }
+            | RoundError::ModelDigest { .. }
+            | RoundError::Conflict { .. } => true,
+            RoundError::Ledger(_)
+            | RoundError::Reduce(_)
+            | RoundError::State { .. }
+            | RoundError::Join(_) => false,
+        }
+    }
+}
+
+/// The outcome of a round step.
+#[derive(Debug)]
+pub enum RoundStep {
+    /// The round's tasks exist and the job runs them.
+    Begun { round: u32 },
+    /// The job finished: after its last round, or failed.
+    Concluded(Box<Reduced>),
+    /// Nothing to do: another daemon moved the job on.
+    Stale { state: String },
+}
+
+/// A training job's manifest with the numbers its rounds derive from.
+struct Plan {
+    manifest: Manifest,
+    training: Training,
+    /// Every micro-batch of the job, in slice order.
+    tasks: Vec<TaskSpec>,
+    rounds_total: u64,
+}
+
+impl Plan {
+    fn of(job: &JobRecord) -> Result<Self, RoundError> {
+        let manifest = job.manifest()?;
+        let Some(training) = manifest.training.clone() else {
+            return Err(RoundError::State {
+                job_id: job.job_id.clone(),
+                state: format!("{} without a training section", job.state),
+            });
+        };
+        let tasks = slice(&manifest);
+        let rounds_total = total_rounds(&training, tasks.len() as u64);
+        Ok(Self {
+            manifest,
+            training,
+            tasks,
+            rounds_total,
+        })
+    }
+
+    /// Returns round `round`'s task specs, each pinned to `weights`. Round k's tasks
+    /// are the job's task numbers from `k × tasks_per_round` on.
+    fn round_specs(&self, weights: &TrainRound) -> Vec<TaskSpec> {
+        let per_round = self.training.tasks_per_round;
+        let indices = round_tasks(
+            self.tasks.len() as u32,
+            per_round,
+            self.training.seed,
+            u64::from(weights.round),
+        );
+        let first = weights.round * per_round;
+        indices
+            .iter()
+            .enumerate()
+            .map(|(position, &index)| {
+                let mut spec = self.tasks[index as usize].clone();
+                spec.task_id = task_id(first + position as u32);
+                spec.round = Some(weights.clone());
+                spec
+            })
+            .collect()
+    }
+
+    fn model_weights_uri(&self) -> String {
+        store::join(&self.manifest.model.uri, MODEL_WEIGHTS)
+    }
+}
+
+/// Begins round 0 of a job in `preparing`, or finishes creating the tasks of a round
+/// that a crash interrupted (the job is `admitting` with a round recorded).
+pub async fn prepare(
+    ledger: &Ledger,
+    job: &JobRecord,
+    gpu_sku: &str,
+    prices: &PriceTable,
+) -> Result<RoundStep, RoundError> {
+    let plan = Plan::of(job)?;
+    let start = match &job.round {
+        Some(pointer) => pointer.clone(),
+        None => match first_round(&plan).await {
+            Ok(pointer) => pointer,
+            Err(error) if error.is_permanent() => {
+                let failed = vec![round_failure(0, &error)];
+                return fail(ledger, job, &plan, failed, gpu_sku, prices).await;
+            }
+            Err(error) => return Err(error),
+        },
+    };
+    begin(ledger, job, &plan, &start, None).await
+}
+
+/// Returns round 0's pointer: the model's own weights file, checked against the model
+/// digest, and no optimizer state.
+async fn first_round(plan: &Plan) -> Result<RoundPointer, RoundError> {
+    let model = &plan.manifest.model;
+    let mut digests = Vec::with_capacity(MODEL_FILES.len());
+    for name in MODEL_FILES {
+        let bytes = store::get(&store::join(&model.uri, name)).await?;
+        digests.push(Sha256Hex::of(&bytes));
+    }
+    let weights_sha256 = digests[1].clone();
+    let digests: [Sha256Hex; 3] = digests.try_into().expect("three model files");
+    let actual = model_digest(&digests);
+    if actual != model.sha256 {
+        return Err(RoundError::ModelDigest {
+            uri: model.uri.clone(),
+            expected: model.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(RoundPointer {
+        round: 0,
+        weights_uri: plan.model_weights_uri(),
+        weights_sha256: weights_sha256.to_string(),
+        ..RoundPointer::default()
+    })
+}
+
+async fn begin(
+    ledger: &Ledger,
+    job: &JobRecord,
+    plan: &Plan,
+    pointer: &RoundPointer,
+    previous: Option<&RoundRecord>,
+) -> Result<RoundStep, RoundError> {
+    let weights = TrainRound {
+        round: pointer.round,
+        weights_uri: pointer.weights_uri.clone(),
+        weights_sha256: parse_digest(job, &pointer.weights_sha256)?,
+    };
+    let specs = plan.round_specs(&weights);
+    let start = RoundStart {
+        round: pointer.round,
+        weights_uri: &pointer.weights_uri,
+        weights_sha256: &pointer.weights_sha256,
+        optimizer_uri: &pointer.optimizer_uri,
+        optimizer_sha256: &pointer.optimizer_sha256,
+        previous,
+    };
+    match ledger.begin_round(&job.job_id, &start, &specs).await? {
+        RoundBegin::Running => {
+            info!(
+                job_id = %job.job_id,
+                round = pointer.round,
+                rounds = plan.rounds_total,
+                tasks = specs.len(),
+                weights_sha256 = %pointer.weights_sha256,
+                "training round started"
+            );
+            Ok(RoundStep::Begun {
+                round: pointer.round,
+            })
+        }
+        RoundBegin::Stale(state) => {
+            debug!(job_id = %job.job_id, round = pointer.round, state, "round already begun elsewhere");
+            Ok(RoundStep::Stale { state })
+        }
+    }
+}
+
+/// Reduces the current round of a job in `reducing`: the sample-weighted mean of its
+/// partial gradients, one optimizer step, the next weights file and optimizer state.
+/// Begins the next round, or concludes the job after the last one. A round with a
+/// failed or dead task fails the job, since its step would miss that task's samples.
+pub async fn reduce_round(
+    ledger: &Ledger,
+    job: &JobRecord,
+    gpu_sku: &str,
+    prices: &PriceTable,
+) -> Result<RoundStep, RoundError> {
+    let plan = Plan::of(job)?;
+    let Some(pointer) = job.round.clone() else {
+        return Err(RoundError::State {
+            job_id: job.job_id.clone(),
+            state: "reducing before its first round".into(),
+        });
+    };
+    let per_round = u64::from(plan.training.tasks_per_round);
+    let first = u64::from(pointer.round) * per_round;
+    let tasks = ledger.tasks_range(&job.job_id, first, per_round).await?;
+    let failed = failed_tasks(&tasks);
+    if !failed.is_empty() {
+        warn!(job_id = %job.job_id, round = pointer.round, failed_tasks = failed.len(), "a task of the round failed; the job fails");
+        return fail(ledger, job, &plan, failed, gpu_sku, prices).await;
+    }
+
+    let started = Instant::now();
+    let record = match step(job, &plan, &pointer, &tasks).await {
+        Ok(record) => record,
+        Err(error) if error.is_permanent() => {
+            let failed = vec![round_failure(pointer.round, &error)];
+            return fail(ledger, job, &plan, failed, gpu_sku, prices).await;
+        }
+        Err(error) => return Err(error),
+    };
+    let record = RoundRecord {
+        reduce_secs: started.elapsed().as_secs_f64(),
+        ..record
+    };
+    info!(
+        job_id = %job.job_id,
+        round = record.round,
+        samples = record.samples,
+        loss = record.loss,
+        next_weights_sha256 = %record.next_weights_sha256,
+        reduce_secs = record.reduce_secs,
+        "training round reduced"
+    );
+
+    let next = record.round + 1;
+    if u64::from(next) >= plan.rounds_total {
+        let mut rounds = ledger.rounds(&job.job_id).await?;
+        rounds.push(record.clone());
+        let conclusion = Conclusion {
+            artefact: Some((record.next_weights_uri, record.next_weights_sha256)),
+            failed: Vec::new(),
+            training: Some(TrainingRun {
+                rounds_total: plan.rounds_total,
+                rounds,
+            }),
+        };
+        let reduced = conclude(ledger, job, &plan.manifest, conclusion, gpu_sku, prices).await?;
+        return Ok(RoundStep::Concluded(Box::new(reduced)));
+    }
+
+    let pointer = RoundPointer {
+        round: next,
+        weights_uri: record.next_weights_uri.clone(),
+        weights_sha256: record.next_weights_sha256.to_string(),
+        optimizer_uri: record.optimizer_state_uri.clone(),
+        optimizer_sha256: record.optimizer_state_sha256.to_string(),
+        started_at_ms: 0,
+    };
+    begin(ledger, job, &plan, &pointer, Some(&record)).await
+}
+
+/// Runs the reduce step proper: reads the partials in task order, steps the optimizer
+/// and writes the two files of the next round.
+async fn step(
+    job: &JobRecord,
+    plan: &Plan,
+    pointer: &RoundPointer,
+    tasks: &[spillway_common::ledger::TaskRecord],
+) -> Result<RoundRecord, RoundError> {
+    let round = pointer.round;
+    let weights_sha256 = parse_digest(job, &pointer.weights_sha256)?;
+    let output = &plan.manifest.output;
+
+    // Fetch a few partials ahead, but add them strictly in task index order: the
+    // ledger lists a round's tasks sorted by micro-batch index.
+    let sources: Vec<(String, u32)> = tasks
+        .iter()
+        .map(|task| {
+            let uri = task
+                .result_uri
+                .clone()
+                .unwrap_or_else(|| layout::result_uri(output, &job.job_id, &task.spec.task_id));
+            (uri, task.spec.index)
+        })
+        .collect();
+    let mut fetched = futures::stream::iter(sources)
+        .map(|(uri, index)| async move { store::get(&uri).await.map(|bytes| (index, bytes)) })
+        .buffered(FETCH_AHEAD);
+    let mut reducer = GradientReducer::new(round, weights_sha256.clone());
+    while let Some(partial) = fetched.next().await {
+        let (index, bytes) = partial?;
+        reducer = tokio::task::spawn_blocking(move || reducer.add(index, &bytes).map(|()| reducer))
+            .await?
+            .map_err(|source| RoundError::Gradients { round, source })?;
+    }
+    let gradient = reducer
+        .finish()
+        .map_err(|source| RoundError::Gradients { round, source })?;
+
+    let weights = store::get_verified(&pointer.weights_uri, &weights_sha256).await?;
+    let state = if pointer.optimizer_uri.is_empty() {
+        None
+    } else {
+        let expected = parse_digest(job, &pointer.optimizer_sha256)?;
+        Some(store::get_verified(&pointer.optimizer_uri, &expected).await?)
+    };
+
+    let kernel = plan.manifest.kernel.clone();
+    let training = plan.training.clone();
+    let samples = gradient.samples;
+    let loss = gradient.loss;
+    let partials = gradient.partials;
+    let update = tokio::task::spawn_blocking(move || {
+        apply_round(&kernel, &training, &weights, state.as_deref(), &gradient)
+    })
+    .await?
+    .map_err(|source| RoundError::Update { round, source })?;
+
+    let next = update.next_round;
+    let weights_uri = layout::round_weights_uri(output, &job.job_id, next);
+    let state_uri = layout::round_optimizer_uri(output, &job.job_id, next);
+    put_round_file(&weights_uri, round, update.weights, &update.weights_sha256).await?;
+    put_round_file(&state_uri, round, update.state, &update.state_sha256).await?;
+
+    Ok(RoundRecord {
+        round,
+        weights_sha256,
+        tasks: partials,
+        samples,
+        loss,
+        next_weights_uri: weights_uri,
+        next_weights_sha256: update.weights_sha256,
+        optimizer_state_uri: state_uri,
+        optimizer_state_sha256: update.state_sha256,
+        round_secs: round_secs(pointer),
+        reduce_secs: 0.0,
+    })
+}
+
+/// Writes a round file create-only. A file left by an earlier attempt of the same
+/// step is kept when it has the same bytes, which a deterministic step guarantees.
+async fn put_round_file(
+    uri: &str,
+    round: u32,
+    bytes: Vec<u8>,
+    sha256: &Sha256Hex,
+) -> Result<(), RoundError> {
+    if store::put_create(uri, Bytes::from(bytes)).await? == PutOutcome::Created {
+        return Ok(());
+    }
+    let existing = Sha256Hex::of(&store::get(uri).await?);
+    if &existing != sha256 {
+        return Err(RoundError::Conflict {
+            uri: uri.to_owned(),
+            round,
+            existing,
+            computed: sha256.clone(),
+        });
+    }
+    debug!(
+        uri,
+        round, "round file exists from an earlier attempt; kept"
+    );
+    Ok(())
+}
+
+/// Describes a round that failed as a whole (its model or its reduce step) in the
+/// envelope's list of failed tasks, and logs it.
+fn round_failure(round: u32, error: &RoundError) -> FailedTask {
+    let reason = spillway_common::process::error_chain(error);
+    warn!(round, error = %reason, "training round failed");
+    FailedTask {
+        task_id: format!("round-{round}"),
+        state: "failed".into(),
+        reason,
+    }
+}
+
+/// Concludes the job as failed, with the rounds reduced so far.
+async fn fail(
+    ledger: &Ledger,
+    job: &JobRecord,
+    plan: &Plan,
+    failed: Vec<FailedTask>,
+    gpu_sku: &str,
+    prices: &PriceTable,
+) -> Result<RoundStep, RoundError> {
+    warn!(job_id = %job.job_id, failed = failed.len(), "training job fails");
+    // `conclude` records the final state from `reducing` only.
+    let job = job_in_reducing(ledger, job).await?;
+    let rounds = ledger.rounds(&job.job_id).await?;
+    let conclusion = Conclusion {
+        failed,
+        training: Some(TrainingRun {
+            rounds_total: plan.rounds_total,
+            rounds,
+        }),
+        ..Conclusion::default()
+    };
+    let reduced = conclude(ledger, &job, &plan.manifest, conclusion, gpu_sku, prices).await?;
+    Ok(RoundStep::Concluded(Box::new(reduced)))
+}
+
+/// Moves a `preparing` job to `reducing` so that it can be concluded.
+async fn job_in_reducing(ledger: &Ledger, job: &JobRecord) -> Result<JobRecord, RoundError> {
+    if job.state != "reducing" {
+        ledger.close_preparing(&job.job_id).await?;
+    }
+    Ok(ledger
+        .job(&job.job_id)
+        .await?
+        .unwrap_or_else(|| job.clone()))
+}
+
+fn round_secs(pointer: &RoundPointer) -> f64 {
+    if pointer.started_at_ms <= 0 {
+        return 0.0;
+    }
+    let elapsed = spillway_common::ledger::now_ms() - pointer.started_at_ms;
+    elapsed.max(0) as f64 / 1000.0
+}
+
+fn parse_digest(job: &JobRecord, text: &str) -> Result<Sha256Hex, RoundError> {
+    Sha256Hex::parse(text).map_err(|error| {
+        RoundError::Ledger(spillway_common::ledger::LedgerError::Corrupt {
+            what: "round digest",
+            job_id: job.job_id.clone(),
+            detail: format!("{text}: {error}"),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(records: u64, per_task: u32, per_round: u32, rounds: u32) -> Plan {
+        let mut manifest: Manifest = spillway_common::manifest::parse(include_bytes!(
+            "../../docs/examples/contrastive-manifest.json"
+        ))
+        .unwrap();
+        manifest.inputs.truncate(1);
+        manifest.inputs[0].records = records;
+        manifest.records_per_task = per_task;
+        let training = manifest.training.as_mut().unwrap();
+        training.tasks_per_round = per_round;
+        training.rounds = Some(rounds);
+        training.epochs = None;
+        let job = JobRecord {
+            job_id: "j-test".into(),
+            manifest_json: serde_json::to_string(&manifest).unwrap(),
+            ..JobRecord::default()
+        };
+        Plan::of(&job).unwrap()
+    }
+
+    fn weights(round: u32) -> TrainRound {
+        TrainRound {
+            round,
+            weights_uri: format!("file:///out/rounds/{round}/weights.safetensors"),
+            weights_sha256: Sha256Hex::of(&round.to_le_bytes()),
+        }
+    }
+
+    #[test]
+    fn round_tasks_are_numbered_after_earlier_rounds() {
+        // 10 micro-batches of 4 records, 3 per round.
+        let plan = plan(40, 4, 3, 5);
+        let specs = plan.round_specs(&weights(2));
+
+        let ids: Vec<&str> = specs.iter().map(|spec| spec.task_id.as_str()).collect();
+        assert_eq!(ids, ["t000006", "t000007", "t000008"]);
+        assert!(specs.iter().all(|spec| spec.round == Some(weights(2))));
+        let indices: Vec<u32> = specs.iter().map(|spec| spec.index).collect();
+        assert_eq!(indices, round_tasks(10, 3, plan.training.seed, 2));
+    }
+
+    #[test]
+    fn round_specs_keep_their_micro_batch() {
+        let plan = plan(40, 4, 3, 5);
+        for spec in plan.round_specs(&weights(1)) {
+            let original = &plan.tasks[spec.index as usize];
+            assert_eq!(spec.first_record, original.first_record);
+            assert_eq!(spec.records, original.records);
+            assert_eq!(spec.shard, original.shard);
+        }
+    }
+
+    #[test]
+    fn permanent_errors_are_those_a_retry_cannot_fix() {
+        let conflict = RoundError::Conflict {
+            uri: "file:///x".into(),
+            round: 1,
+            existing: Sha256Hex::of(b"a"),
+            computed: Sha256Hex::of(b"b"),
+        };
+        assert!(conflict.is_permanent());
+        let state = RoundError::State {
+            job_id: "j".into(),
+            state: "running".into(),
+        };
+        assert!(!state.is_permanent());
+    }
+}

@@ -1,0 +1,257 @@
+//! Training jobs end to end: the daemon runs rounds with real workers on the real
+//! model. Each round's tasks run on the weights the previous round wrote, the chain
+//! of digests reaches from the model to the artefact, and neither a task retried
+//! after its worker was killed nor a daemon restart changes any round's result.
+
+use std::path::Path;
+use std::time::Duration;
+
+use spillway_common::digest::Sha256Hex;
+use spillway_common::envelope::JobEnvelope;
+use spillway_common::ledger::{JobRecord, Ledger};
+use spillway_common::train::{PROMPT_TENSOR, TensorFile};
+use spillway_tests::training::{kill_workers, training_manifest, wait_job, write_pair_shard};
+use spillway_tests::{
+    Daemon, DaemonOptions, RedisServer, file_digest, job_id_of, model_dir, send_raw, serial,
+    wait_finished,
+};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn contrastive() -> serde_json::Value {
+    serde_json::json!({"name": "contrastive", "max_seq_len": 32, "trainable": {"top_layers": 1}})
+}
+
+/// Three rounds of two tasks over six micro-batches of four pairs: one epoch.
+fn three_rounds() -> serde_json::Value {
+    serde_json::json!({
+        "rounds": 3,
+        "tasks_per_round": 2,
+        "optimizer": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01},
+        "seed": 5
+    })
+}
+
+fn read_envelope(output: &Path, job_id: &str) -> JobEnvelope {
+    let bytes = std::fs::read(output.join(job_id).join("job.json")).expect("job envelope");
+    serde_json::from_slice(&bytes).expect("job envelope parses")
+}
+
+fn path_of(uri: &str) -> &Path {
+    Path::new(uri.strip_prefix("file://").expect("a file URI"))
+}
+
+/// Checks the envelope's chain of weights from the model to the artefact, and that
+/// every task of round k ran on round k's weights.
+async fn check_round_chain(ledger: &Ledger, job: &JobRecord, envelope: &JobEnvelope) {
+    let training = envelope.training.as_ref().expect("training section");
+    let model_weights = file_digest(&model_dir().join("model.safetensors"));
+    assert_eq!(training.rounds[0].weights_sha256.as_str(), model_weights);
+    for pair in training.rounds.windows(2) {
+        assert_eq!(pair[1].weights_sha256, pair[0].next_weights_sha256);
+    }
+    let last = training.rounds.last().expect("a round");
+    assert_eq!(
+        envelope.artefact_uri.as_deref(),
+        Some(last.next_weights_uri.as_str())
+    );
+    assert_eq!(
+        envelope.artefact_sha256.as_ref(),
+        Some(&last.next_weights_sha256)
+    );
+    let artefact = std::fs::read(path_of(&last.next_weights_uri)).expect("artefact");
+    assert_eq!(Sha256Hex::of(&artefact), last.next_weights_sha256);
+
+    let tasks = ledger.tasks(&job.job_id, job.tasks_total).await.unwrap();
+    for task in &tasks {
+        let round = task.spec.round.as_ref().expect("training task has a round");
+        let record = &training.rounds[round.round as usize];
+        assert_eq!(round.weights_sha256, record.weights_sha256, "{task:?}");
+        assert_eq!(task.state, "succeeded", "{task:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contrastive_rounds_survive_retry_and_restart() {
+    let _serial = serial().await;
+    let redis = RedisServer::start().unwrap();
+    let options = || DaemonOptions {
+        lease_secs: 2,
+        max_workers: 2,
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start(&redis, options()).unwrap();
+    let ledger = Ledger::connect(&redis.url(), "spillway").await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let inputs = vec![write_pair_shard(data.path(), "pairs.jsonl", 24)];
+    let output = data.path().join("out");
+
+    // An undisturbed run.
+    let clean = training_manifest(
+        "clean",
+        contrastive(),
+        three_rounds(),
+        inputs.clone(),
+        4,
+        &output,
+    );
+    let clean_id = job_id_of(&clean);
+    send_raw(&redis, clean.to_string().as_bytes()).await;
+    let job = wait_finished(&ledger, &clean_id, JOB_TIMEOUT).await;
+    assert_eq!(job.state, "succeeded", "daemon log:\n{}", daemon.log());
+    assert_eq!(job.tasks_total, 6);
+    let clean_envelope = read_envelope(&output, &clean_id);
+    let clean_rounds = &clean_envelope.training.as_ref().unwrap().rounds;
+    assert_eq!(clean_rounds.len(), 3);
+    check_round_chain(&ledger, &job, &clean_envelope).await;
+    assert!(
+        clean_rounds
+            .iter()
+            .all(|round| round.samples == 8 && round.loss.is_finite()),
+        "{clean_rounds:?}"
+    );
+    let metrics = daemon.scrape();
+    assert!(
+        metrics.contains("spillway_training_rounds_total 3"),
+        "{metrics}"
+    );
+
+    // The same training under another name: workers killed in the middle of a task
+    // of round 1, so its lease expires and another worker retries it, and the
+    // daemon killed while round 2 runs and replaced by a new one.
+    let disturbed = training_manifest(
+        "disturbed",
+        contrastive(),
+        three_rounds(),
+        inputs,
+        4,
+        &output,
+    );
+    let disturbed_id = job_id_of(&disturbed);
+    send_raw(&redis, disturbed.to_string().as_bytes()).await;
+    let timeout = Duration::from_secs(120);
+    let in_round_one = |job: &JobRecord| {
+        job.state == "running" && job.leased > 0 && job.round.as_ref().is_some_and(|r| r.round == 1)
+    };
+    wait_job(
+        &ledger,
+        &disturbed_id,
+        timeout,
+        "a lease in round 1",
+        in_round_one,
+    )
+    .await;
+    let killed = kill_workers(&redis, &ledger, &disturbed_id).await;
+    assert!(killed >= 1, "no worker was killed");
+
+    let in_round_two = |job: &JobRecord| {
+        job.state == "running" && job.round.as_ref().is_some_and(|r| r.round == 2)
+    };
+    wait_job(&ledger, &disturbed_id, timeout, "round 2", in_round_two).await;
+    daemon.kill();
+    let daemon = Daemon::start(&redis, options()).unwrap();
+
+    let job = wait_finished(&ledger, &disturbed_id, JOB_TIMEOUT).await;
+    assert_eq!(job.state, "succeeded", "daemon log:\n{}", daemon.log());
+    assert!(job.lease_expiries >= 1, "no lease expired: {job:?}");
+    let tasks = ledger.tasks(&disturbed_id, job.tasks_total).await.unwrap();
+    assert!(
+        tasks.iter().any(|task| task.attempt >= 2),
+        "no task ran twice: {tasks:?}"
+    );
+    let envelope = read_envelope(&output, &disturbed_id);
+    check_round_chain(&ledger, &job, &envelope).await;
+
+    let digests = |envelope: &JobEnvelope| -> Vec<Sha256Hex> {
+        let rounds = &envelope.training.as_ref().unwrap().rounds;
+        rounds
+            .iter()
+            .map(|round| round.next_weights_sha256.clone())
+            .collect()
+    };
+    assert_eq!(
+        digests(&envelope),
+        digests(&clean_envelope),
+        "a retried task or the restart changed a round's weights"
+    );
+    assert_eq!(envelope.artefact_sha256, clean_envelope.artefact_sha256);
+    assert_eq!(envelope.run_hash, clean_envelope.run_hash);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_tune_artefact_is_the_prompt_alone() {
+    let _serial = serial().await;
+    let redis = RedisServer::start().unwrap();
+    let daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
+    let ledger = Ledger::connect(&redis.url(), "spillway").await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let inputs = vec![write_pair_shard(data.path(), "pairs.jsonl", 16)];
+    let output = data.path().join("out");
+    let kernel = serde_json::json!({"name": "prompt_tune", "max_seq_len": 32, "prompt_length": 4});
+    let training = serde_json::json!({
+        "epochs": 1,
+        "tasks_per_round": 2,
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "seed": 3
+    });
+    let manifest = training_manifest("prompt", kernel, training, inputs, 4, &output);
+    let job_id = job_id_of(&manifest);
+
+    send_raw(&redis, manifest.to_string().as_bytes()).await;
+    let job = wait_finished(&ledger, &job_id, JOB_TIMEOUT).await;
+
+    assert_eq!(job.state, "succeeded", "daemon log:\n{}", daemon.log());
+    let envelope = read_envelope(&output, &job_id);
+    // 4 micro-batches, 2 per round: one epoch is 2 rounds.
+    assert_eq!(envelope.training.as_ref().unwrap().rounds.len(), 2);
+    check_round_chain(&ledger, &job, &envelope).await;
+    let artefact = std::fs::read(path_of(envelope.artefact_uri.as_deref().unwrap())).unwrap();
+    let file = TensorFile::decode(&artefact).unwrap();
+    let names: Vec<&str> = file.tensors.keys().map(String::as_str).collect();
+    assert_eq!(names, [PROMPT_TENSOR]);
+    assert_eq!(file.tensors[PROMPT_TENSOR].shape, [4, 384]);
+    assert_eq!(file.metadata["round"], "2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_shard_fails_the_round_and_the_job() {
+    let _serial = serial().await;
+    let redis = RedisServer::start().unwrap();
+    let daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
+    let ledger = Ledger::connect(&redis.url(), "spillway").await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut shard = write_pair_shard(data.path(), "pairs.jsonl", 8);
+    shard["sha256"] = "00".repeat(32).into();
+    let output = data.path().join("out");
+    let training = serde_json::json!({
+        "rounds": 2,
+        "tasks_per_round": 2,
+        "optimizer": {"name": "sgd", "lr": 0.01},
+    });
+    let manifest = training_manifest(
+        "bad-shard",
+        contrastive(),
+        training,
+        vec![shard],
+        4,
+        &output,
+    );
+    let job_id = job_id_of(&manifest);
+
+    send_raw(&redis, manifest.to_string().as_bytes()).await;
+    let job = wait_finished(&ledger, &job_id, JOB_TIMEOUT).await;
+
+    assert_eq!(job.state, "failed", "daemon log:\n{}", daemon.log());
+    let envelope = read_envelope(&output, &job_id);
+    assert!(envelope.artefact_uri.is_none());
+    assert_eq!(envelope.training.as_ref().unwrap().rounds.len(), 0);
+    assert!(
+        envelope
+            .failed_tasks
+            .iter()
+            .any(|task| task.reason.contains("SHA-256")),
+        "{:?}",
+        envelope.failed_tasks
+    );
+    assert_eq!(job.tasks_total, 2, "no round after the failed one");
+}
