@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Measure intake throughput: manifests and tasks per second that a release
-# `spillway serve` makes durable from a cloud queue (SQS on a moto server), against
-# the ledger's own ceiling in the same run, with Redis round trips per task.
+# `spillway serve` makes durable from a cloud queue (SQS on a moto server, Pub/Sub on
+# Google's emulator), against the ledger's own ceiling in the same run, with Redis
+# round trips per task.
 #
-# Builds the release daemon and tests/examples/intake_bench.rs, then runs the
-# benchmark, which starts its own redis-server and moto processes on loopback ports
-# and stops them by pid. Nothing leaves the machine. Results go to stdout and to
+# Builds the release daemon and tests/examples/intake_bench/, then runs the
+# benchmark, which starts its own redis-server, moto and Pub/Sub emulator processes
+# on loopback ports and stops them by pid. Without --queues it measures both sqs and
+# pubsub. Nothing leaves the machine. Results go to stdout and to
 # target/bench/intake_results.json; docs/benchmarks.md explains the method.
 #
 # Usage: bench/intake_throughput.sh [--manifests 300] [--tasks 1,50]
-#            [--concurrency 16] [--queues sqs]
-# Needs redis-server and the moto install of scripts/install-deps.sh.
+#            [--concurrency 16] [--queues sqs,pubsub]
+# Needs redis-server, the moto install of scripts/install-deps.sh and the Pub/Sub
+# emulator jar (Debian package google-cloud-cli-pubsub-emulator, or
+# SPILLWAY_PUBSUB_EMULATOR_JAR).
 
 set -euo pipefail
 

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod gcs;
 pub mod http_count;
 pub mod moto;
+pub mod objects;
 pub mod proxy;
 pub mod pubsub;
 pub mod slurm;

@@ -195,14 +195,57 @@ impl PubsubEmulator {
         Ok(messages)
     }
 
+    /// Returns whether the subscription `id` has a message waiting for delivery, by a
+    /// unary pull over REST that returns at once. A message that the pull returns gets
+    /// an ack deadline of 0, so Pub/Sub delivers it again at once.
+    /// NOTE: messages that a subscriber holds under a lease are not waiting, so this
+    /// cannot see a message that was received and never acknowledged. The Pub/Sub API
+    /// has no count of such messages.
+    pub fn has_waiting_message(&self, id: &str) -> anyhow::Result<bool> {
+        let subscription = subscription_name(id);
+        let pull = r#"{"returnImmediately": true, "maxMessages": 1}"#;
+        let (status, body) = http_request(
+            self.port,
+            "POST",
+            &format!("/v1/{subscription}:pull"),
+            Some(pull),
+        )?;
+        anyhow::ensure!(
+            status == 200,
+            "pull from {subscription} returned {status}: {body}"
+        );
+        let reply: serde_json::Value = serde_json::from_str(&body)?;
+        let ack_ids: Vec<&str> = reply["receivedMessages"]
+            .as_array()
+            .map(|messages| {
+                messages
+                    .iter()
+                    .filter_map(|message| message["ackId"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ack_ids.is_empty() {
+            return Ok(false);
+        }
+
+        let release = serde_json::json!({"ackIds": ack_ids, "ackDeadlineSeconds": 0});
+        let path = format!("/v1/{subscription}:modifyAckDeadline");
+        let (status, body) = http_request(self.port, "POST", &path, Some(&release.to_string()))?;
+        anyhow::ensure!(
+            status == 200,
+            "modifyAckDeadline on {subscription} returned {status}: {body}"
+        );
+        Ok(true)
+    }
+
     fn wait_ready(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if http_get_status(self.port, &format!("/v1/projects/{PROJECT}/topics"))
-                .is_ok_and(|status| status == 200)
+            let topics = format!("/v1/projects/{PROJECT}/topics");
+            if http_request(self.port, "GET", &topics, None).is_ok_and(|(status, _)| status == 200)
             {
                 return true;
             }
@@ -223,29 +266,58 @@ impl Drop for PubsubEmulator {
     }
 }
 
-/// Sends `GET path` to 127.0.0.1:`port` and returns the response's status code.
-fn http_get_status(port: u16, path: &str) -> anyhow::Result<u16> {
+/// Sends one HTTP/1.1 request with an optional JSON body to 127.0.0.1:`port` and
+/// returns the response's status code and body.
+fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
 
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = json_body.unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes())?;
-    // Only the status line is read: the emulator keeps the connection open despite
-    // `Connection: close`, so reading to the end would wait for the timeout.
+
+    // The response is read up to its Content-Length: the emulator keeps the connection
+    // open despite `Connection: close`, so reading to the end would wait for the
+    // timeout.
     let mut response = Vec::new();
-    let mut buffer = [0u8; 512];
-    while !response.windows(2).any(|pair| pair == b"\r\n") {
+    let mut buffer = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = response.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end + 4;
+        }
         let read = stream.read(&mut buffer)?;
-        anyhow::ensure!(read > 0, "connection closed before the status line");
+        anyhow::ensure!(read > 0, "connection closed before the end of the headers");
         response.extend_from_slice(&buffer[..read]);
-    }
-    let response = String::from_utf8_lossy(&response);
-    let status = response
+    };
+    let head = String::from_utf8_lossy(&response[..head_end]).into_owned();
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response: {response:?}"))?;
-    Ok(status)
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response head: {head:?}"))?;
+    let content_length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while response.len() < head_end + content_length {
+        let read = stream.read(&mut buffer)?;
+        anyhow::ensure!(read > 0, "connection closed before the end of the body");
+        response.extend_from_slice(&buffer[..read]);
+    }
+    let body = String::from_utf8_lossy(&response[head_end..head_end + content_length]);
+    Ok((status, body.into_owned()))
 }

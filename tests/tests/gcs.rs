@@ -11,11 +11,11 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
-use spillway_common::artefact::EmbeddingBlock;
 use spillway_common::digest::Sha256Hex;
 use spillway_common::ledger::Ledger;
 use spillway_common::store::{self, Location, PutOutcome, StoreError};
 use spillway_tests::gcs::FakeGcsServer;
+use spillway_tests::objects::{assert_embed_parity, get_object, put_object, upload_shard};
 use spillway_tests::{
     Daemon, DaemonOptions, RedisServer, embed_manifest, job_id_of, sample_records, send_raw,
     serial, wait_finished, write_shard,
@@ -29,38 +29,21 @@ fn locate(gcs: &FakeGcsServer, uri: &str) -> Location {
 }
 
 async fn put_gcs(gcs: &FakeGcsServer, uri: &str, bytes: Vec<u8>) {
-    let outcome = locate(gcs, uri)
-        .put_create(Bytes::from(bytes))
-        .await
-        .unwrap_or_else(|error| panic!("upload {uri}: {error:?}"));
-    assert_eq!(outcome, PutOutcome::Created, "{uri} existed already");
+    put_object(uri, bytes, &gcs.env()).await;
 }
 
 async fn get_gcs(gcs: &FakeGcsServer, uri: &str) -> Bytes {
-    locate(gcs, uri)
-        .get()
-        .await
-        .unwrap_or_else(|error| panic!("download {uri}: {error:?}"))
+    get_object(uri, &gcs.env()).await
 }
 
 /// Uploads the bytes of a local shard to `gs://BUCKET/key` and returns its manifest
-/// entry with the same SHA-256 and record count.
-async fn upload_shard(
+/// entry.
+async fn upload_gcs_shard(
     gcs: &FakeGcsServer,
     file_entry: &serde_json::Value,
     key: &str,
 ) -> serde_json::Value {
-    let path = file_entry["uri"]
-        .as_str()
-        .and_then(|uri| uri.strip_prefix("file://"))
-        .expect("a file:// shard");
-    let bytes = std::fs::read(path).expect("read shard");
-    let uri = format!("gs://{BUCKET}/{key}");
-    put_gcs(gcs, &uri, bytes).await;
-
-    let mut entry = file_entry.clone();
-    entry["uri"] = serde_json::json!(uri);
-    entry
+    upload_shard(file_entry, &format!("gs://{BUCKET}/{key}"), &gcs.env()).await
 }
 
 /// Options of a daemon whose environment, which its workers inherit, points GCS at
@@ -242,8 +225,8 @@ async fn gcs_embed_job_matches_file_run() {
         write_shard(data.path(), "b.jsonl", &sample_records("b", 9)),
     ];
     let gcs_inputs = vec![
-        upload_shard(&gcs, &file_inputs[0], "shards/a.jsonl").await,
-        upload_shard(&gcs, &file_inputs[1], "shards/b.jsonl").await,
+        upload_gcs_shard(&gcs, &file_inputs[0], "shards/a.jsonl").await,
+        upload_gcs_shard(&gcs, &file_inputs[1], "shards/b.jsonl").await,
     ];
     let output = data.path().join("out");
     let file_manifest = embed_manifest("gcs-file", file_inputs, 4, &output);
@@ -259,36 +242,18 @@ async fn gcs_embed_job_matches_file_run() {
     let file_record = wait_finished(&ledger, &file_job, JOB_TIMEOUT).await;
     let gcs_record = wait_finished(&ledger, &gcs_job, JOB_TIMEOUT).await;
 
-    assert_eq!(
-        file_record.state,
-        "succeeded",
-        "daemon log:\n{}",
-        daemon.log()
-    );
-    assert_eq!(
-        gcs_record.state,
-        "succeeded",
+    let logs = format!(
         "daemon log:\n{}\nfake-gcs-server log:\n{}",
         daemon.log(),
         gcs.log()
     );
+    let gcs_block = assert_embed_parity(&file_record, &gcs_record, &gcs.env(), &logs).await;
+    assert_eq!(gcs_block.ids.len(), 22);
     assert_eq!(gcs_record.tasks_total, 7);
     let expected_uri = format!("gs://{BUCKET}/out/{gcs_job}/embeddings.safetensors");
     assert_eq!(
         gcs_record.artefact_uri.as_deref(),
         Some(expected_uri.as_str())
-    );
-    let file_artefact =
-        std::fs::read(output.join(&file_job).join("embeddings.safetensors")).unwrap();
-    let gcs_artefact = get_gcs(&gcs, &expected_uri).await;
-    let file_block = EmbeddingBlock::decode(&file_artefact).unwrap();
-    let gcs_block = EmbeddingBlock::decode(&gcs_artefact).unwrap();
-    assert_eq!(gcs_block.ids, file_block.ids);
-    assert_eq!(gcs_block.ids.len(), 22);
-    assert_eq!(gcs_block.dimension, file_block.dimension);
-    assert!(
-        gcs_block.values == file_block.values,
-        "embeddings differ between the GCS and the file:// run"
     );
 
     let job_prefix = locate(&gcs, &format!("gs://{BUCKET}/out/{gcs_job}/job.json"));
@@ -319,8 +284,8 @@ async fn gcs_shard_with_wrong_sha_fails_task() {
     let data = tempfile::tempdir().unwrap();
     let good = write_shard(data.path(), "good.jsonl", &sample_records("g", 4));
     let bad = write_shard(data.path(), "bad.jsonl", &sample_records("b", 4));
-    let good = upload_shard(&gcs, &good, "shards/good.jsonl").await;
-    let mut bad = upload_shard(&gcs, &bad, "shards/bad.jsonl").await;
+    let good = upload_gcs_shard(&gcs, &good, "shards/good.jsonl").await;
+    let mut bad = upload_gcs_shard(&gcs, &bad, "shards/bad.jsonl").await;
     bad["sha256"] = serde_json::json!("0".repeat(64));
     let mut manifest = embed_manifest("gcs-mismatch", vec![good, bad], 4, &data.path().join("out"));
     manifest["output"] = serde_json::json!(format!("gs://{BUCKET}/out/"));

@@ -1,20 +1,26 @@
 //! The Pub/Sub intake against Google's Pub/Sub emulator, with real Redis, daemon and
-//! worker processes. Requires `cargo build --bins`, the model that
+//! worker processes, and GCS on fake-gcs-server where a test names `gs://` URIs.
+//! Requires `cargo build --bins`, the model and fake-gcs-server that
 //! scripts/install-deps.sh installs and the emulator jar (see
 //! `spillway_tests::pubsub`). Every Pub/Sub client, the daemons' included, has the
-//! emulator's endpoint and anonymous credentials.
+//! emulator's endpoint and anonymous credentials, and every GCS client reaches
+//! fake-gcs-server through `STORAGE_EMULATOR_HOST` without credentials.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use spillway_common::ledger::{JobRecord, Ledger};
+use spillway_common::store;
+use spillway_tests::gcs::FakeGcsServer;
+use spillway_tests::objects::{assert_embed_parity, upload_model, upload_shard};
 use spillway_tests::pubsub::{PROJECT, PubsubEmulator, topic_name};
 use spillway_tests::{
-    Daemon, DaemonOptions, RedisServer, binary, embed_manifest, job_id_of, sample_records, serial,
-    wait_finished, write_shard,
+    Daemon, DaemonOptions, RedisServer, binary, embed_manifest, job_id_of, model_digest, model_dir,
+    sample_records, serial, wait_finished, write_shard,
 };
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
@@ -22,6 +28,7 @@ const TOPIC: &str = "manifests";
 const SUBSCRIPTION: &str = "manifests-spillway";
 const DEAD_TOPIC: &str = "manifests-dead";
 const DEAD_SUBSCRIPTION: &str = "manifests-dead-reader";
+const BUCKET: &str = "spillway-data";
 
 /// One `[[intake.pubsub]]` table.
 struct SubscriptionTable {
@@ -77,6 +84,42 @@ async fn create_topics(emulator: &PubsubEmulator, ack_deadline_secs: i32) {
         .create_subscription(DEAD_SUBSCRIPTION, DEAD_TOPIC, 10, None)
         .await
         .unwrap();
+}
+
+/// Writes `manifest` into `dir`, sends it with `spillway submit --pubsub TOPIC` and the
+/// daemon's configuration, and returns the job id that the command prints.
+fn submit(daemon: &Daemon, manifest: &serde_json::Value, dir: &Path) -> String {
+    let manifest_path = dir.join(format!("{}.json", manifest["name"].as_str().unwrap()));
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let submitted = std::process::Command::new(binary("spillway"))
+        .args(["--config", &daemon.config_path.display().to_string()])
+        .args([
+            "submit",
+            "--pubsub",
+            TOPIC,
+            &manifest_path.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        submitted.status.success(),
+        "spillway submit --pubsub failed: {}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    String::from_utf8_lossy(&submitted.stdout)
+        .trim()
+        .to_string()
+}
+
+/// Asserts that the daemon's metrics count `count` messages of the subscription with
+/// the intake outcome `outcome`.
+fn assert_intake_count(daemon: &Daemon, outcome: &str, count: u64) {
+    let subscription = format!("projects/{PROJECT}/subscriptions/{SUBSCRIPTION}");
+    let line = format!(
+        "spillway_intake_messages_total{{queue=\"{subscription}\",outcome=\"{outcome}\"}} {count}"
+    );
+    let metrics = daemon.scrape();
+    assert!(metrics.contains(&line), "missing {line:?} in:\n{metrics}");
 }
 
 /// Sums the `messages=N` fields of the "messages received" lines of daemon logs.
@@ -144,25 +187,8 @@ async fn pubsub_manifest_becomes_one_job() {
     let output = data.path().join("out");
     let manifest = embed_manifest("pubsub-embed", file_inputs.clone(), 4, &output);
     let job_id = job_id_of(&manifest);
-    let manifest_path = data.path().join("manifest.json");
-    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
 
-    let submitted = std::process::Command::new(binary("spillway"))
-        .args(["--config", &daemon.config_path.display().to_string()])
-        .args([
-            "submit",
-            "--pubsub",
-            TOPIC,
-            &manifest_path.display().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        submitted.status.success(),
-        "spillway submit --pubsub failed: {}",
-        String::from_utf8_lossy(&submitted.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&submitted.stdout).trim(), job_id);
+    assert_eq!(submit(&daemon, &manifest, data.path()), job_id);
 
     // check-config as a whole fails while the daemon holds the metrics port, so only
     // its Pub/Sub line is checked.
@@ -193,15 +219,97 @@ async fn pubsub_manifest_becomes_one_job() {
     assert_eq!(block.ids.len(), 8);
     let log = daemon.log();
     assert_eq!(log.matches("job admitted").count(), 1, "{log}");
-    let subscription = format!("projects/{PROJECT}/subscriptions/{SUBSCRIPTION}");
-    let admitted = format!(
-        "spillway_intake_messages_total{{queue=\"{subscription}\",outcome=\"admitted\"}} 1"
+    assert_intake_count(&daemon, "admitted", 1);
+}
+
+/// Submits the same embed job twice through Pub/Sub: once with shards, model and
+/// output on local files, once with all three in GCS.
+#[tokio::test(flavor = "multi_thread")]
+async fn pubsub_gcs_embed_job_matches_file_run() {
+    let _serial = serial().await;
+    let redis = RedisServer::start().unwrap();
+    let emulator = PubsubEmulator::start().unwrap();
+    create_topics(&emulator, 10).await;
+    let gcs = FakeGcsServer::start().unwrap();
+    gcs.create_bucket(BUCKET).unwrap();
+    let model_uri = format!("gs://{BUCKET}/models/all-MiniLM-L6-v2/");
+    upload_model(&model_dir(), &model_uri, &gcs.env()).await;
+    // The daemon's environment, which its workers inherit, points GCS at the fake
+    // server.
+    let options = DaemonOptions {
+        env: gcs.env(),
+        ..daemon_options(&SubscriptionTable::new(&emulator))
+    };
+    let daemon = Daemon::start(&redis, options).unwrap();
+    wait_log(&daemon, "daemon started");
+
+    let data = tempfile::tempdir().unwrap();
+    let file_inputs = vec![
+        write_shard(data.path(), "a.jsonl", &sample_records("a", 13)),
+        write_shard(data.path(), "b.jsonl", &sample_records("b", 9)),
+    ];
+    let mut gcs_inputs = Vec::new();
+    for (entry, key) in file_inputs.iter().zip(["a.jsonl", "b.jsonl"]) {
+        let uri = format!("gs://{BUCKET}/shards/{key}");
+        gcs_inputs.push(upload_shard(entry, &uri, &gcs.env()).await);
+    }
+    let output = data.path().join("out");
+    let file_manifest = embed_manifest("pubsub-gcs-parity", file_inputs, 4, &output);
+    let mut gcs_manifest = embed_manifest("pubsub-gcs-parity", gcs_inputs, 4, &output);
+    gcs_manifest["model"]["uri"] = serde_json::json!(model_uri);
+    gcs_manifest["output"] = serde_json::json!(format!("gs://{BUCKET}/out/"));
+    let file_job = job_id_of(&file_manifest);
+    let gcs_job = job_id_of(&gcs_manifest);
+
+    emulator
+        .publish(TOPIC, file_manifest.to_string().as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(submit(&daemon, &gcs_manifest, data.path()), gcs_job);
+
+    let ledger = Ledger::connect(&redis.url(), "spillway").await.unwrap();
+    let file_record = wait_job(&ledger, &file_job, &[&daemon]).await;
+    let gcs_record = wait_job(&ledger, &gcs_job, &[&daemon]).await;
+
+    // The artefacts' headers name different job ids, so the decoded ids and rows are
+    // compared, bit for bit, rather than the bytes.
+    let logs = format!(
+        "daemon log:\n{}\nfake-gcs-server log:\n{}",
+        daemon.log(),
+        gcs.log()
     );
-    let metrics = daemon.scrape();
+    let gcs_block = assert_embed_parity(&file_record, &gcs_record, &gcs.env(), &logs).await;
+    assert_eq!(gcs_block.ids.len(), 22);
+    assert_eq!(gcs_record.tasks_total, 7);
+    let expected_uri = format!("gs://{BUCKET}/out/{gcs_job}/embeddings.safetensors");
+    assert_eq!(
+        gcs_record.artefact_uri.as_deref(),
+        Some(expected_uri.as_str())
+    );
+    let job_envelope = format!("gs://{BUCKET}/out/{gcs_job}/job.json");
+    let envelope_exists = store::locate_with(&job_envelope, gcs.env())
+        .unwrap()
+        .exists()
+        .await
+        .unwrap();
+    assert!(envelope_exists, "{job_envelope} is missing");
+    // Workers copy a model that is not on a file:// URI into their cache under its
+    // digest, so this folder shows that the GCS job's model came from GCS.
+    let cached_model = daemon
+        .dir
+        .path()
+        .join("cache/models")
+        .join(model_digest(&model_dir()));
     assert!(
-        metrics.contains(&admitted),
-        "missing {admitted:?} in:\n{metrics}"
+        cached_model.join("model.safetensors").is_file(),
+        "no model in {}",
+        cached_model.display()
     );
+
+    let mut expected_jobs = vec![file_job, gcs_job];
+    expected_jobs.sort();
+    assert_eq!(all_jobs(&ledger).await, expected_jobs);
+    assert_intake_count(&daemon, "admitted", 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -313,15 +421,7 @@ async fn bad_messages_go_to_dead_letter_topic() {
 
     let ledger = Ledger::connect(&redis.url(), "spillway").await.unwrap();
     assert!(all_jobs(&ledger).await.is_empty());
-    let metrics = daemon.scrape();
-    let subscription = format!("projects/{PROJECT}/subscriptions/{SUBSCRIPTION}");
-    let counted = format!(
-        "spillway_intake_messages_total{{queue=\"{subscription}\",outcome=\"dead_lettered\"}} 2"
-    );
-    assert!(
-        metrics.contains(&counted),
-        "missing {counted:?} in:\n{metrics}"
-    );
+    assert_intake_count(&daemon, "dead_lettered", 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -395,6 +495,26 @@ async fn two_daemons_share_one_subscription() {
         "{logs}"
     );
     assert_eq!(messages_received(&logs), 3, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_message_check_releases_message() {
+    let emulator = PubsubEmulator::start().unwrap();
+    create_topics(&emulator, 10).await;
+    assert!(!emulator.has_waiting_message(SUBSCRIPTION).unwrap());
+
+    emulator.publish(TOPIC, b"waiting").await.unwrap();
+
+    // The check hands the message back each time, so it stays waiting until a
+    // subscriber acknowledges it.
+    assert!(emulator.has_waiting_message(SUBSCRIPTION).unwrap());
+    assert!(emulator.has_waiting_message(SUBSCRIPTION).unwrap());
+    let received = emulator
+        .receive(SUBSCRIPTION, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(&received[0].data[..], b"waiting");
+    assert!(!emulator.has_waiting_message(SUBSCRIPTION).unwrap());
 }
 
 #[test]

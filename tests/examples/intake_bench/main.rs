@@ -28,7 +28,7 @@
 //!
 //! Usage (bench/intake_throughput.sh builds the release binaries and runs this):
 //!     intake_bench [--manifests 300] [--tasks 1,50] [--concurrency 16]
-//!                  [--queues sqs] [--daemon target/release/spillway]
+//!                  [--queues sqs,pubsub] [--daemon target/release/spillway]
 //!                  [--output target/bench/intake_results.json]
 
 mod queue;
@@ -46,9 +46,10 @@ use spillway_common::ledger::{Ledger, now_ms};
 use spillway_common::manifest::Manifest;
 use spillway_common::task::{TaskSpec, job_id, slice};
 use spillway_tests::moto::MotoServer;
+use spillway_tests::pubsub::PubsubEmulator;
 use spillway_tests::{RedisServer, workspace_root};
 
-use queue::{BenchQueue, DaemonProcess, SqsQueue};
+use queue::{BenchQueue, DaemonProcess, PubsubQueue, SqsQueue};
 use redis_count::{Monitor, call_delta, client_address, command_calls};
 
 /// Key prefix of the ledger in every run.
@@ -75,7 +76,7 @@ impl Settings {
             manifests: 300,
             tasks: vec![1, 50],
             concurrency: 16,
-            queues: vec!["sqs".into()],
+            queues: vec!["sqs".into(), "pubsub".into()],
             daemon: root.join("target/release/spillway"),
             output: root.join("target/bench/intake_results.json"),
         };
@@ -438,9 +439,7 @@ async fn wait_durable(
     }
 }
 
-/// Starts the stand-in of a queue kind and measures it, each run on a queue of its
-/// own: the stand-in alone, a timed daemon run, and a daemon run counted under
-/// MONITOR.
+/// Starts the stand-in of a queue kind and measures it (see `measure_queue`).
 async fn run_queue_kind(
     settings: &Settings,
     kind: &str,
@@ -450,23 +449,41 @@ async fn run_queue_kind(
     match kind {
         "sqs" => {
             let moto = MotoServer::start()?;
-            let label = format!("t{}", workload.tasks_per_manifest);
-            let direct_queue = SqsQueue::create(&moto, &format!("direct-{label}")).await;
-            direct_queue.load(&workload.bodies).await?;
-            let elapsed = direct_queue.consume(workload.bodies.len()).await?;
-            let queue_only = Measurement::queue_only(direct_queue.kind(), workload, elapsed);
-
-            let timed_queue = SqsQueue::create(&moto, &format!("timed-{label}")).await;
-            let timed = queue_run(settings, &timed_queue, workload, worker, false).await?;
-            let counted_queue = SqsQueue::create(&moto, &format!("counted-{label}")).await;
-            let counted = queue_run(settings, &counted_queue, workload, worker, true).await?;
-            let daemon = Measurement::new(timed_queue.kind(), 1, workload, timed, counted);
-            Ok(vec![queue_only, daemon])
+            let create = async |name: &str| Ok(SqsQueue::create(&moto, name).await);
+            measure_queue(settings, workload, worker, create).await
         }
-        // A Pub/Sub branch goes here: start the emulator, create a topic and a
-        // subscription per run, and pass a `BenchQueue` for them to `queue_run`.
-        other => anyhow::bail!("unknown queue kind {other:?}; this benchmark knows sqs"),
+        "pubsub" => {
+            let emulator = PubsubEmulator::start()?;
+            let create = async |name: &str| PubsubQueue::create(&emulator, name).await;
+            measure_queue(settings, workload, worker, create).await
+        }
+        other => {
+            anyhow::bail!("unknown queue kind {other:?}; this benchmark knows sqs and pubsub")
+        }
     }
+}
+
+/// Measures one queue kind, each run on a queue of its own that `create` makes from a
+/// name: the stand-in alone, a timed daemon run, and a daemon run counted under
+/// MONITOR.
+async fn measure_queue<Q: BenchQueue>(
+    settings: &Settings,
+    workload: &Workload,
+    worker: &Path,
+    create: impl AsyncFn(&str) -> anyhow::Result<Q>,
+) -> anyhow::Result<Vec<Measurement>> {
+    let label = format!("t{}", workload.tasks_per_manifest);
+    let direct_queue = create(&format!("direct-{label}")).await?;
+    direct_queue.load(&workload.bodies).await?;
+    let elapsed = direct_queue.consume(workload.bodies.len()).await?;
+    let queue_only = Measurement::queue_only(direct_queue.kind(), workload, elapsed);
+
+    let timed_queue = create(&format!("timed-{label}")).await?;
+    let timed = queue_run(settings, &timed_queue, workload, worker, false).await?;
+    let counted_queue = create(&format!("counted-{label}")).await?;
+    let counted = queue_run(settings, &counted_queue, workload, worker, true).await?;
+    let daemon = Measurement::new(timed_queue.kind(), 1, workload, timed, counted);
+    Ok(vec![queue_only, daemon])
 }
 
 /// Writes a worker stand-in that exits at once. Admission pins manifests to its
@@ -496,12 +513,15 @@ fn machine() -> serde_json::Value {
         "cpus": std::thread::available_parallelism().map(usize::from).ok(),
         "redis": redis.ok().map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string()),
         "moto": spillway_tests::moto::moto_dir().display().to_string(),
+        "pubsub_emulator": spillway_tests::pubsub::emulator_jar()
+            .ok()
+            .map(|jar| jar.display().to_string()),
     })
 }
 
 fn print_table(results: &[Measurement]) {
     println!(
-        "{:<8} {:>9} {:>9} {:>6} {:>8} {:>12} {:>11} {:>11} {:>12} {:>14}",
+        "{:<11} {:>9} {:>9} {:>6} {:>8} {:>12} {:>11} {:>11} {:>12} {:>14}",
         "source",
         "in flight",
         "manifests",
@@ -523,7 +543,7 @@ fn print_table(results: &[Measurement]) {
             )
         };
         println!(
-            "{:<8} {:>9} {:>9} {:>6} {:>8.2} {:>12.1} {:>11.1} {:>11.0} {:>12} {:>14}",
+            "{:<11} {:>9} {:>9} {:>6} {:>8.2} {:>12.1} {:>11.1} {:>11.0} {:>12} {:>14}",
             result.source,
             result.in_flight,
             result.manifests,

@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use futures::StreamExt;
+use google_cloud_pubsub::client::{Publisher, Subscriber};
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use spillway_tests::moto::{MotoServer, create_queue, queue_depth};
+use spillway_tests::pubsub::{PROJECT, PubsubEmulator, anonymous, subscription_name, topic_name};
 
 /// A cloud queue that the benchmark fills and a daemon reads.
 ///
 /// Each queue kind implements this and gets a branch in `run_queue_kind` (main.rs).
-/// The Pub/Sub emulator (`spillway_tests::pubsub`) fits the same shape: create a
-/// topic and a subscription, return an `[[intake.pubsub]]` table and the emulator's
-/// environment, and publish the bodies.
 pub trait BenchQueue {
     /// Name in the results, such as `sqs`.
     fn kind(&self) -> &'static str;
@@ -177,6 +178,146 @@ impl BenchQueue for SqsQueue {
                 consumed += 1;
             }
         }
+        Ok(start.elapsed())
+    }
+}
+
+/// A Pub/Sub topic and its subscription on the emulator, with a dead-letter topic
+/// that the daemon's configuration names.
+pub struct PubsubQueue<'a> {
+    emulator: &'a PubsubEmulator,
+    topic: String,
+    subscription: String,
+    dead_letter_topic: String,
+    publisher: Publisher,
+}
+
+impl<'a> PubsubQueue<'a> {
+    /// Ack deadline of the subscription, and the lease extension and maximum lease
+    /// of the daemon and of `consume`: the daemon's defaults.
+    const MIN_LEASE_SECS: u64 = 60;
+    const MAX_LEASE_SECS: u64 = 3600;
+    /// Unacknowledged messages that one streaming pull allows: the daemon's default.
+    const MAX_OUTSTANDING_MESSAGES: i64 = 100;
+
+    /// Creates the topic `name`, its subscription `name-spillway` and the dead-letter
+    /// topic `name-dead`.
+    pub async fn create(emulator: &'a PubsubEmulator, name: &str) -> anyhow::Result<Self> {
+        let topic = name.to_string();
+        let subscription = format!("{name}-spillway");
+        let dead_letter_topic = format!("{name}-dead");
+        emulator.create_topic(&topic).await?;
+        emulator.create_topic(&dead_letter_topic).await?;
+        emulator
+            .create_subscription(&subscription, &topic, Self::MIN_LEASE_SECS as i32, None)
+            .await?;
+        let publisher = Publisher::builder(topic_name(&topic))
+            .with_endpoint(emulator.endpoint())
+            .with_credentials(anonymous())
+            .build()
+            .await?;
+        Ok(Self {
+            emulator,
+            topic,
+            subscription,
+            dead_letter_topic,
+            publisher,
+        })
+    }
+}
+
+impl BenchQueue for PubsubQueue<'_> {
+    fn kind(&self) -> &'static str {
+        "pubsub"
+    }
+
+    fn intake_config(&self) -> String {
+        format!(
+            "[[intake.pubsub]]\nproject = \"{PROJECT}\"\nsubscription = \"{}\"\n\
+             topic = \"{}\"\ndead_letter_topic = \"{}\"\nendpoint = \"{}\"\n\
+             credentials = \"anonymous\"\nmin_lease_secs = {}\nmax_lease_secs = {}\n\
+             max_outstanding_messages = {}\n",
+            self.subscription,
+            self.topic,
+            self.dead_letter_topic,
+            self.emulator.endpoint(),
+            Self::MIN_LEASE_SECS,
+            Self::MAX_LEASE_SECS,
+            Self::MAX_OUTSTANDING_MESSAGES,
+        )
+    }
+
+    /// Returns only `GCE_METADATA_HOST`, a closed loopback port for any metadata
+    /// lookup, because the table gives the daemon's Pub/Sub client the emulator's
+    /// endpoint and anonymous credentials.
+    fn daemon_env(&self) -> Vec<(String, String)> {
+        vec![("GCE_METADATA_HOST".into(), "127.0.0.1:9".into())]
+    }
+
+    /// Publishes every body. Pub/Sub returns a message id once it has stored the
+    /// message, so every body is visible when all ids have arrived.
+    async fn load(&self, bodies: &[String]) -> anyhow::Result<()> {
+        let publishes: Vec<_> = bodies
+            .iter()
+            .map(|body| {
+                self.publisher
+                    .publish(Message::new().set_data(body.clone().into_bytes()))
+            })
+            .collect();
+        for published in futures::future::join_all(publishes).await {
+            published.with_context(|| format!("publish to {} failed", self.topic))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until no message is waiting for delivery.
+    /// NOTE: a message that the daemon received and never acknowledged stays under its
+    /// lease, so this check does not see it (see `PubsubEmulator::has_waiting_message`).
+    /// `queue_run` also checks that every job is durable, and the daemon acknowledges
+    /// a message only after its job is.
+    async fn wait_empty(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.emulator.has_waiting_message(&self.subscription)? {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} still has messages after {timeout:?}",
+                subscription_name(&self.subscription)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Opens a streaming pull with the daemon's settings and acknowledges each message
+    /// as it arrives. The time ends when the shutdown has sent every acknowledgement,
+    /// which the client batches.
+    async fn consume(&self, count: usize) -> anyhow::Result<Duration> {
+        let subscriber = Subscriber::builder()
+            .with_endpoint(self.emulator.endpoint())
+            .with_credentials(anonymous())
+            .build()
+            .await?;
+        let name = subscription_name(&self.subscription);
+
+        let start = Instant::now();
+        let mut stream = subscriber
+            .subscribe(&name)
+            .set_max_lease_extension(Duration::from_secs(Self::MIN_LEASE_SECS))
+            .set_max_lease(Duration::from_secs(Self::MAX_LEASE_SECS))
+            .set_max_outstanding_messages(Self::MAX_OUTSTANDING_MESSAGES)
+            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+            .build();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        for consumed in 0..count {
+            let next = tokio::time::timeout_at(deadline, stream.next()).await;
+            let Ok(Some(received)) = next else {
+                anyhow::bail!("{name} delivered {consumed} of {count} messages within 600 s");
+            };
+            let (_, handler) =
+                received.with_context(|| format!("streaming pull from {name} failed"))?;
+            handler.ack();
+        }
+        stream.shutdown_token().shutdown().await;
         Ok(start.elapsed())
     }
 }
