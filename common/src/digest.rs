@@ -88,20 +88,6 @@ impl fmt::Debug for Sha256Hex {
     }
 }
 
-/// Incremental SHA-256 for streamed downloads.
-#[derive(Default)]
-pub struct Sha256Stream(Sha256);
-
-impl Sha256Stream {
-    pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-
-    pub fn finish(self) -> Sha256Hex {
-        Sha256Hex(hex::encode(self.0.finalize()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,6 +60,11 @@ pub struct TaskEnvelope {
     pub started_at: String,
     pub finished_at: String,
     pub runtime_secs: f64,
+    /// Seconds of `runtime_secs` spent in the kernel's passes (for `embed` the
+    /// forward passes, for training forward and backward), without leasing,
+    /// fetching, decoding or writing. Absent when the attempt failed before them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_secs: Option<f64>,
     pub exit_status: ExitStatus,
     /// The error message when `exit_status` is not `succeeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,15 +15,14 @@ mod s3;
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{
     ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
 };
 use url::Url;
 
-use crate::digest::{Sha256Hex, Sha256Stream};
+use crate::digest::Sha256Hex;
 
 /// Errors from object store access, each naming the URI involved.
 #[derive(Debug, thiserror::Error)]
@@ -204,25 +203,13 @@ impl Location {
         result.bytes().await.map_err(self.read_error())
     }
 
-    /// Reads the whole object, hashing each chunk as it arrives, and checks the
-    /// SHA-256 against `expected`. The bytes are returned only when they match.
+    /// Reads the whole object and checks its SHA-256 against `expected`. The bytes are
+    /// returned only when they match. The object is read whole, not as a stream:
+    /// object_store streams a local file in 8 KiB chunks, one blocking task each,
+    /// which made a 14 MB weights file take about 100 ms instead of about 10.
     pub async fn get_verified(&self, expected: &Sha256Hex) -> Result<Bytes, StoreError> {
-        let result = self
-            .store
-            .get(&self.path)
-            .await
-            .map_err(self.read_error())?;
-        let size = usize::try_from(result.meta.size).unwrap_or(0);
-        let mut chunks = result.into_stream();
-
-        let mut hasher = Sha256Stream::default();
-        let mut bytes = BytesMut::with_capacity(size);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(self.read_error())?;
-            hasher.update(&chunk);
-            bytes.extend_from_slice(&chunk);
-        }
-        let actual = hasher.finish();
+        let bytes = self.get().await?;
+        let actual = Sha256Hex::of(&bytes);
 
         if &actual != expected {
             return Err(StoreError::DigestMismatch {
@@ -231,7 +218,7 @@ impl Location {
                 actual,
             });
         }
-        Ok(bytes.freeze())
+        Ok(bytes)
     }
 
     /// Writes the object only if its key does not exist yet.

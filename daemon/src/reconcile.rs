@@ -97,6 +97,8 @@ pub struct Reconciler {
     notifiers: Arc<Notifiers>,
     /// A ledger connection of its own that waits for wakes between passes.
     waker: Option<Ledger>,
+    /// The last round files of each training job, for its next reduce step.
+    round_files: rounds::RoundFiles,
 }
 
 impl Reconciler {
@@ -121,6 +123,7 @@ impl Reconciler {
             logged: HashMap::new(),
             notifiers,
             waker: None,
+            round_files: rounds::RoundFiles::default(),
         }
     }
 
@@ -184,6 +187,8 @@ impl Reconciler {
         }
         self.traits
             .retain(|job_id, _| running.iter().any(|job| &job.job_id == job_id));
+        let active: Vec<String> = jobs.iter().map(|job| job.job_id.clone()).collect();
+        self.round_files.retain(&active);
 
         let running_ids: Vec<String> = running.iter().map(|job| job.job_id.clone()).collect();
         for backend in &self.backends {
@@ -556,7 +561,8 @@ impl Reconciler {
             .map_or("cpu", |backend| backend.gpu_sku());
         let started = std::time::Instant::now();
         let step = if job.state == "reducing" {
-            let step = rounds::reduce_round(&self.ledger, job, gpu_sku, &prices).await;
+            let step =
+                rounds::reduce_round(&self.ledger, &self.round_files, job, gpu_sku, &prices).await;
             if step.is_ok() {
                 self.metrics.training_rounds.inc();
                 self.metrics

@@ -30,6 +30,48 @@ use crate::reduce::{Conclusion, Reduced, conclude, failed_tasks};
 /// Partial gradients fetched ahead of the one being added.
 const FETCH_AHEAD: usize = 4;
 
+/// The files that each training job's last reduce step wrote, kept in memory so that
+/// the next round's step starts without fetching them. After a restart, or on another
+/// daemon, the step fetches them from the store and checks their SHA-256.
+#[derive(Default)]
+pub struct RoundFiles {
+    files: std::sync::Mutex<std::collections::HashMap<String, StepInputs>>,
+}
+
+/// A round's weights file and the optimizer state before its step.
+#[derive(Clone)]
+struct StepInputs {
+    weights_sha256: Sha256Hex,
+    weights: Bytes,
+    /// SHA-256 and bytes of the state; `None` before round 1.
+    state: Option<(String, Bytes)>,
+}
+
+impl RoundFiles {
+    fn take(&self, job_id: &str, pointer: &RoundPointer) -> Option<StepInputs> {
+        let mut files = self.files.lock().expect("round files lock");
+        let inputs = files.remove(job_id)?;
+        let state_sha256 = inputs
+            .state
+            .as_ref()
+            .map_or("", |(sha256, _)| sha256.as_str());
+        let matches = inputs.weights_sha256.as_str() == pointer.weights_sha256
+            && state_sha256 == pointer.optimizer_sha256;
+        matches.then_some(inputs)
+    }
+
+    fn keep(&self, job_id: &str, inputs: StepInputs) {
+        let mut files = self.files.lock().expect("round files lock");
+        files.insert(job_id.to_owned(), inputs);
+    }
+
+    /// Drops the files of every job not in `active`.
+    pub fn retain(&self, active: &[String]) {
+        let mut files = self.files.lock().expect("round files lock");
+        files.retain(|job_id, _| active.contains(job_id));
+    }
+}
+
 /// The model file whose tensors round 0 runs on.
 const MODEL_WEIGHTS: &str = "model.safetensors";
 
@@ -262,6 +304,7 @@ async fn begin(
 /// failed or dead task fails the job, since its step would miss that task's samples.
 pub async fn reduce_round(
     ledger: &Ledger,
+    files: &RoundFiles,
     job: &JobRecord,
     gpu_sku: &str,
     prices: &PriceTable,
@@ -283,7 +326,7 @@ pub async fn reduce_round(
     }
 
     let started = Instant::now();
-    let record = match step(job, &plan, &pointer, &tasks).await {
+    let record = match step(files, job, &plan, &pointer, &tasks).await {
         Ok(record) => record,
         Err(error) if error.is_permanent() => {
             let failed = vec![round_failure(pointer.round, &error)];
@@ -335,6 +378,7 @@ pub async fn reduce_round(
 /// Runs the reduce step proper: reads the partials in task order, steps the optimizer
 /// and writes the two files of the next round.
 async fn step(
+    files: &RoundFiles,
     job: &JobRecord,
     plan: &Plan,
     pointer: &RoundPointer,
@@ -356,35 +400,44 @@ async fn step(
             (uri, task.spec.index)
         })
         .collect();
-    let mut fetched = futures::stream::iter(sources)
-        .map(|(uri, index)| async move { store::get(&uri).await.map(|bytes| (index, bytes)) })
-        .buffered(FETCH_AHEAD);
-    let mut reducer = GradientReducer::new(round, weights_sha256.clone());
-    while let Some(partial) = fetched.next().await {
-        let (index, bytes) = partial?;
-        reducer = tokio::task::spawn_blocking(move || reducer.add(index, &bytes).map(|()| reducer))
-            .await?
+    let clock = Instant::now();
+    let reduce = async {
+        let mut fetched = futures::stream::iter(sources)
+            .map(|(uri, index)| async move { store::get(&uri).await.map(|bytes| (index, bytes)) })
+            .buffered(FETCH_AHEAD);
+        let mut reducer = GradientReducer::new(round, weights_sha256.clone());
+        while let Some(partial) = fetched.next().await {
+            let (index, bytes) = partial?;
+            reducer =
+                tokio::task::spawn_blocking(move || reducer.add(index, &bytes).map(|()| reducer))
+                    .await?
+                    .map_err(|source| RoundError::Gradients { round, source })?;
+        }
+        let gradient = reducer
+            .finish()
             .map_err(|source| RoundError::Gradients { round, source })?;
-    }
-    let gradient = reducer
-        .finish()
-        .map_err(|source| RoundError::Gradients { round, source })?;
-
-    let weights = store::get_verified(&pointer.weights_uri, &weights_sha256).await?;
-    let state = if pointer.optimizer_uri.is_empty() {
-        None
-    } else {
-        let expected = parse_digest(job, &pointer.optimizer_sha256)?;
-        Some(store::get_verified(&pointer.optimizer_uri, &expected).await?)
+        Ok::<_, RoundError>((gradient, clock.elapsed()))
     };
+    // The inputs of the optimizer step are read while the partials reduce, unless the
+    // previous step of this daemon left them in memory.
+    let inputs = async {
+        let inputs = match files.take(&job.job_id, pointer) {
+            Some(inputs) => inputs,
+            None => fetch_inputs(job, pointer, &weights_sha256).await?,
+        };
+        Ok::<_, RoundError>((inputs, clock.elapsed()))
+    };
+    let ((gradient, reduced_at), (inputs, read_at)) = tokio::try_join!(reduce, inputs)?;
 
     let kernel = plan.manifest.kernel.clone();
     let training = plan.training.clone();
     let samples = gradient.samples;
     let loss = gradient.loss;
     let partials = gradient.partials;
+    let started_step = clock.elapsed();
     let update = tokio::task::spawn_blocking(move || {
-        apply_round(&kernel, &training, &weights, state.as_deref(), &gradient)
+        let state = inputs.state.as_ref().map(|(_, bytes)| bytes.as_ref());
+        apply_round(&kernel, &training, &inputs.weights, state, &gradient)
     })
     .await?
     .map_err(|source| RoundError::Update { round, source })?;
@@ -392,8 +445,37 @@ async fn step(
     let next = update.next_round;
     let weights_uri = layout::round_weights_uri(output, &job.job_id, next);
     let state_uri = layout::round_optimizer_uri(output, &job.job_id, next);
-    put_round_file(&weights_uri, round, update.weights, &update.weights_sha256).await?;
-    put_round_file(&state_uri, round, update.state, &update.state_sha256).await?;
+    let stepped_at = clock.elapsed();
+    let next_inputs = StepInputs {
+        weights_sha256: update.weights_sha256.clone(),
+        weights: Bytes::from(update.weights),
+        state: Some((update.state_sha256.to_string(), Bytes::from(update.state))),
+    };
+    let state = next_inputs.state.as_ref().map(|(_, bytes)| bytes.clone());
+    tokio::try_join!(
+        put_round_file(
+            &weights_uri,
+            round,
+            next_inputs.weights.clone(),
+            &update.weights_sha256
+        ),
+        put_round_file(
+            &state_uri,
+            round,
+            state.unwrap_or_default(),
+            &update.state_sha256
+        ),
+    )?;
+    files.keep(&job.job_id, next_inputs);
+    debug!(
+        job_id = %job.job_id,
+        round,
+        reduce_secs = reduced_at.as_secs_f64(),
+        read_secs = read_at.as_secs_f64(),
+        step_secs = (stepped_at - started_step).as_secs_f64(),
+        write_secs = (clock.elapsed() - stepped_at).as_secs_f64(),
+        "reduce step phases"
+    );
 
     Ok(RoundRecord {
         round,
@@ -410,15 +492,37 @@ async fn step(
     })
 }
 
+/// Fetches a round's weights file and the optimizer state before its step, each
+/// checked against the SHA-256 the ledger pins.
+async fn fetch_inputs(
+    job: &JobRecord,
+    pointer: &RoundPointer,
+    weights_sha256: &Sha256Hex,
+) -> Result<StepInputs, RoundError> {
+    let weights = store::get_verified(&pointer.weights_uri, weights_sha256).await?;
+    let state = if pointer.optimizer_uri.is_empty() {
+        None
+    } else {
+        let expected = parse_digest(job, &pointer.optimizer_sha256)?;
+        let bytes = store::get_verified(&pointer.optimizer_uri, &expected).await?;
+        Some((pointer.optimizer_sha256.clone(), bytes))
+    };
+    Ok(StepInputs {
+        weights_sha256: weights_sha256.clone(),
+        weights,
+        state,
+    })
+}
+
 /// Writes a round file create-only. A file left by an earlier attempt of the same
 /// step is kept when it has the same bytes, which a deterministic step guarantees.
 async fn put_round_file(
     uri: &str,
     round: u32,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     sha256: &Sha256Hex,
 ) -> Result<(), RoundError> {
-    if store::put_create(uri, Bytes::from(bytes)).await? == PutOutcome::Created {
+    if store::put_create(uri, bytes).await? == PutOutcome::Created {
         return Ok(());
     }
     let existing = Sha256Hex::of(&store::get(uri).await?);

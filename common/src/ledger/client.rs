@@ -415,10 +415,42 @@ impl Ledger {
             .await
             .map_err(|source| self.redis_error("open_round", job_id, source))?;
         if opened == "running" {
+            self.announce_round(job_id, tasks.len()).await?;
             Ok(RoundBegin::Running)
         } else {
             Ok(RoundBegin::Stale(opened))
         }
+    }
+
+    /// Leaves one token per task of a round that opened, so that as many waiting
+    /// workers wake at once. Tokens of an earlier round are dropped first, and all
+    /// expire after an hour.
+    async fn announce_round(&self, job_id: &str, tasks: usize) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.round_open(job_id);
+        let tokens = vec!["open"; tasks.max(1)];
+        let _: () = redis::pipe()
+            .del(&key)
+            .ignore()
+            .rpush(&key, tokens)
+            .ignore()
+            .expire(&key, 3600)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("announce_round", job_id, source))?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for a round of the job to open and returns whether one
+    /// did. Blocks the connection, so call it only while nothing else uses this ledger.
+    pub async fn wait_round(&self, job_id: &str, timeout: Duration) -> Result<bool, LedgerError> {
+        let mut conn = self.conn.clone();
+        let popped: Option<(String, String)> = conn
+            .blpop(self.keys.round_open(job_id), timeout.as_secs_f64())
+            .await
+            .map_err(|source| self.redis_error("wait_round", job_id, source))?;
+        Ok(popped.is_some())
     }
 
     /// Reads the records of a training job's reduced rounds, oldest first. The last

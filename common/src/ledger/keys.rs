@@ -67,6 +67,12 @@ impl Keys {
         format!("{}:{{{job_id}}}:rounds", self.prefix)
     }
 
+    /// List of tokens that wake a training job's waiting workers when a round opens:
+    /// one per task of the round.
+    pub fn round_open(&self, job_id: &str) -> String {
+        format!("{}:{{{job_id}}}:round-open", self.prefix)
+    }
+
     /// List that wakes daemons: a worker pushes a job id when it completes the job's
     /// last open task, so the job is reduced without waiting for the next pass.
     pub fn wake(&self) -> String {
@@ -115,6 +121,7 @@ mod tests {
             keys.leases("j-0123456789abcdef0123"),
             keys.workers("j-0123456789abcdef0123"),
             keys.rounds("j-0123456789abcdef0123"),
+            keys.round_open("j-0123456789abcdef0123"),
         ] {
             assert!(key.contains(tag), "{key} lacks the hash tag");
         }

@@ -156,33 +156,32 @@ async fn run_tasks(
 
 /// Keeps a training worker between rounds: while the reduce step runs, no task is
 /// queued, but the next round's tasks will be, on weights the worker fetches in
-/// place of reloading the model. Polls the ledger, quickly at first.
+/// place of reloading the model. The daemon leaves a token per task when a round
+/// opens, and the worker blocks on them in the ledger.
 struct RoundWait {
     /// `None` for `embed`, whose workers exit when no task is queued.
     limit: Option<Duration>,
     since: Option<std::time::Instant>,
-    delay: Duration,
 }
 
 impl RoundWait {
-    const FIRST_DELAY: Duration = Duration::from_millis(20);
-    const MAX_DELAY: Duration = Duration::from_millis(250);
+    /// Longest single wait, under the ledger connection's response timeout, so that
+    /// the worker also notices a job that finished or a stop signal.
+    const MAX_BLOCK: Duration = Duration::from_secs(2);
 
     fn new(config: &WorkerConfig, manifest: &Manifest) -> Self {
         Self {
             limit: manifest.kernel.is_training().then_some(config.round_wait),
             since: None,
-            delay: Self::FIRST_DELAY,
         }
     }
 
     fn reset(&mut self) {
         self.since = None;
-        self.delay = Self::FIRST_DELAY;
     }
 
     /// Returns whether to lease again: the job trains, has not finished and the wait
-    /// is within its limit. Sleeps before returning `true`.
+    /// is within its limit. Waits for a round to open before returning `true`.
     async fn next_round(
         &mut self,
         ledger: &Ledger,
@@ -193,7 +192,8 @@ impl RoundWait {
             return Ok(false);
         };
         let since = *self.since.get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() >= limit || stop.load(Ordering::Relaxed) {
+        let left = limit.saturating_sub(since.elapsed());
+        if left.is_zero() || stop.load(Ordering::Relaxed) {
             return Ok(false);
         }
         let Some(job) = ledger.job(job_id).await? else {
@@ -202,8 +202,8 @@ impl RoundWait {
         if job.is_finished() {
             return Ok(false);
         }
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Self::MAX_DELAY);
+        // A token left from an earlier round only costs one more lease attempt.
+        ledger.wait_round(job_id, left.min(Self::MAX_BLOCK)).await?;
         Ok(true)
     }
 }

@@ -165,14 +165,16 @@ impl<'a> TaskContext<'a> {
             .await?;
         let job_id = &self.config.job_id;
 
-        let bytes = match self.kernel.as_deref_mut() {
+        let computed = match self.kernel.as_deref_mut() {
             Some(LoadedKernel::Embed(embed)) => embed_result(embed, &shard, lease, job_id)?,
             Some(LoadedKernel::Train(train)) => {
                 train_task::gradient_result(train, &shard, lease, job_id).await?
             }
             None => return Err(TaskError::ModelUnavailable),
         };
-        self.put_result(lease, bytes).await
+        let mut written = self.put_result(lease, computed.bytes).await?;
+        written.kernel_secs = computed.kernel_secs;
+        Ok(written)
     }
 
     async fn shard(&mut self, uri: &str, sha256: &Sha256Hex) -> Result<Bytes, TaskError> {
@@ -199,6 +201,7 @@ impl<'a> TaskContext<'a> {
             uri,
             sha256: Sha256Hex::of(&stored),
             existed: outcome == PutOutcome::AlreadyExisted,
+            kernel_secs: 0.0,
         })
     }
 
@@ -246,6 +249,7 @@ impl<'a> TaskContext<'a> {
             started_at,
             finished_at: now_rfc3339(),
             runtime_secs,
+            kernel_secs: written.map(|written| written.kernel_secs),
             exit_status,
             error,
             result_uri: written.map(|written| written.uri.clone()),
@@ -314,6 +318,14 @@ struct Written {
     uri: String,
     sha256: Sha256Hex,
     existed: bool,
+    /// Time in the kernel's passes, for the envelope.
+    kernel_secs: f64,
+}
+
+/// A task's result bytes and the time its kernel passes took.
+pub(super) struct Computed {
+    pub(super) bytes: Bytes,
+    pub(super) kernel_secs: f64,
 }
 
 /// Embeds the task's records and encodes them as an embedding block.
@@ -322,7 +334,7 @@ fn embed_result(
     shard: &[u8],
     lease: &Lease,
     job_id: &str,
-) -> Result<Bytes, TaskError> {
+) -> Result<Computed, TaskError> {
     let spec = &lease.spec;
     let records = select_records(
         shard,
@@ -334,6 +346,7 @@ fn embed_result(
 
     let texts: Vec<&str> = records.iter().map(|record| record.text.as_str()).collect();
     let mut values = Vec::with_capacity(texts.len() * embed.dimension());
+    let clock = Instant::now();
     for batch in texts.chunks(FORWARD_BATCH) {
         let tensor = embed
             .embed(batch)
@@ -342,6 +355,7 @@ fn embed_result(
             .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
         values.extend(flat);
     }
+    let kernel_secs = clock.elapsed().as_secs_f64();
     let block = EmbeddingBlock {
         ids: records.into_iter().map(|record| record.id).collect(),
         dimension: embed.dimension(),
@@ -354,7 +368,10 @@ fn embed_result(
             ("task_id", lease.task_id.clone()),
         ])
         .map_err(|error| TaskError::Kernel(error_chain(&error)))?;
-    Ok(Bytes::from(bytes))
+    Ok(Computed {
+        bytes: Bytes::from(bytes),
+        kernel_secs,
+    })
 }
 
 /// Parses lines `first..first + count` of a JSONL shard of `{"id", "text"}` records.

@@ -8,7 +8,7 @@ use spillway_common::store;
 use spillway_common::train::TrainRound;
 use tracing::debug;
 
-use super::task::{LineRange, TaskError, select_lines};
+use super::task::{Computed, LineRange, TaskError, select_lines};
 use crate::train::{TextPair, TrainKernel};
 
 /// One line of a training shard.
@@ -29,7 +29,7 @@ pub(super) async fn gradient_result(
     shard: &[u8],
     lease: &Lease,
     job_id: &str,
-) -> Result<Bytes, TaskError> {
+) -> Result<Computed, TaskError> {
     let spec = &lease.spec;
     let Some(round) = spec.round.as_ref() else {
         return Err(TaskError::MissingRound {
@@ -58,13 +58,18 @@ pub(super) async fn gradient_result(
         })
         .collect();
 
+    let clock = std::time::Instant::now();
     let partial = kernel.gradients(round.round, &pairs)?;
+    let kernel_secs = clock.elapsed().as_secs_f64();
     let bytes = partial.encode(&[
         ("job_id", job_id.to_owned()),
         ("task_id", lease.task_id.clone()),
         ("kernel", kernel.kernel_name().to_owned()),
     ]);
-    Ok(Bytes::from(bytes))
+    Ok(Computed {
+        bytes: Bytes::from(bytes),
+        kernel_secs,
+    })
 }
 
 /// Makes the kernel compute with the round's weights: round 0 with the model's own
