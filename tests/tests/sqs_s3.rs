@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use bytes::Bytes;
-use spillway_common::artefact::EmbeddingBlock;
 use spillway_common::digest::Sha256Hex;
 use spillway_common::ledger::Ledger;
 use spillway_common::store::{self, PutOutcome, StoreError};
 use spillway_tests::moto::{MotoServer, create_queue, queue_depth};
+use spillway_tests::objects;
 use spillway_tests::proxy::FreezableProxy;
 use spillway_tests::{
     Daemon, DaemonOptions, RedisServer, binary, embed_manifest, job_id_of, sample_records, serial,
@@ -98,34 +98,8 @@ async fn upload_shard(
     file_entry: &serde_json::Value,
     key: &str,
 ) -> serde_json::Value {
-    let path = file_entry["uri"]
-        .as_str()
-        .and_then(|uri| uri.strip_prefix("file://"))
-        .expect("a file:// shard");
-    let bytes = std::fs::read(path).expect("read shard");
     let uri = format!("s3://{BUCKET}/{key}");
-    put_s3(moto, &uri, bytes).await;
-
-    let mut entry = file_entry.clone();
-    entry["uri"] = serde_json::json!(uri);
-    entry
-}
-
-async fn put_s3(moto: &MotoServer, uri: &str, bytes: Vec<u8>) {
-    let outcome = store::locate_with(uri, moto.s3_env())
-        .expect("locate S3 object")
-        .put_create(Bytes::from(bytes))
-        .await
-        .unwrap_or_else(|error| panic!("upload {uri}: {error:?}"));
-    assert_eq!(outcome, PutOutcome::Created, "{uri} existed already");
-}
-
-async fn get_s3(moto: &MotoServer, uri: &str) -> Bytes {
-    store::locate_with(uri, moto.s3_env())
-        .expect("locate S3 object")
-        .get()
-        .await
-        .unwrap_or_else(|error| panic!("download {uri}: {error:?}"))
+    objects::upload_shard(file_entry, &uri, &moto.s3_env()).await
 }
 
 async fn send(client: &Client, queue_url: &str, body: &str) {
@@ -294,36 +268,15 @@ async fn s3_embed_job_matches_file_run() {
     let file_record = wait_finished(&ledger, &file_job, JOB_TIMEOUT).await;
     let s3_record = wait_finished(&ledger, &s3_job, JOB_TIMEOUT).await;
 
-    assert_eq!(
-        file_record.state,
-        "succeeded",
-        "daemon log:\n{}",
-        daemon.log()
-    );
-    assert_eq!(
-        s3_record.state,
-        "succeeded",
-        "daemon log:\n{}",
-        daemon.log()
-    );
-    assert_eq!(s3_record.tasks_total, 7);
     let expected_uri = format!("s3://{BUCKET}/out/{s3_job}/embeddings.safetensors");
     assert_eq!(
         s3_record.artefact_uri.as_deref(),
         Some(expected_uri.as_str())
     );
-    let file_artefact =
-        std::fs::read(output.join(&file_job).join("embeddings.safetensors")).unwrap();
-    let s3_artefact = get_s3(&moto, &expected_uri).await;
-    let file_block = EmbeddingBlock::decode(&file_artefact).unwrap();
-    let s3_block = EmbeddingBlock::decode(&s3_artefact).unwrap();
-    assert_eq!(s3_block.ids, file_block.ids);
+    let s3_block =
+        objects::assert_embed_parity(&file_record, &s3_record, &moto.s3_env(), &daemon.log()).await;
+    assert_eq!(s3_record.tasks_total, 7);
     assert_eq!(s3_block.ids.len(), 22);
-    assert_eq!(s3_block.dimension, file_block.dimension);
-    assert!(
-        s3_block.values == file_block.values,
-        "embeddings differ between the S3 and the file:// run"
-    );
     let job_envelope = format!("s3://{BUCKET}/out/{s3_job}/job.json");
     assert!(
         store::locate_with(&job_envelope, moto.s3_env())
@@ -667,7 +620,8 @@ async fn s3_create_only_write_keeps_first_value() {
 
     assert_eq!(first, PutOutcome::Created);
     assert_eq!(second, PutOutcome::AlreadyExisted);
-    assert_eq!(get_s3(&moto, &uri).await, Bytes::from_static(b"first"));
+    let stored = objects::get_object(&uri, &moto.s3_env()).await;
+    assert_eq!(stored, Bytes::from_static(b"first"));
     let verified = second_writer
         .get_verified(&Sha256Hex::of(b"first"))
         .await
