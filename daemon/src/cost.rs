@@ -57,7 +57,8 @@ impl PriceTable {
             .collect();
         JobCost {
             currency: self.config.currency.clone(),
-            total: lines.iter().map(|line| line.cost).sum(),
+            // An empty f64 sum is -0.0, which would print as "-0.0000".
+            total: lines.iter().map(|line| line.cost).sum::<f64>() + 0.0,
             lines,
         }
     }

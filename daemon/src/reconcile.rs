@@ -35,8 +35,14 @@ const REAP_LIMIT: u32 = 1000;
 /// Observations drained per pass.
 const OBSERVATION_BATCH: usize = 10_000;
 
-/// How long one daemon holds a job's reduce lock.
+/// How long one daemon holds a job's reduce lock. A daemon that dies holding it
+/// delays the job by this much, since its successor has another id.
 const REDUCE_LOCK: Duration = Duration::from_secs(300);
+
+/// How long one daemon holds a training job's lock for a round step. The steps can
+/// be repeated, so a lock that expires during a long step costs only duplicate work,
+/// while a short one keeps a daemon that died in a step from stalling the job.
+const ROUND_LOCK: Duration = Duration::from_secs(20);
 
 /// Settings that a reload changes while the loop runs.
 #[derive(Debug, Clone)]
@@ -548,7 +554,7 @@ impl Reconciler {
     ) -> Result<Option<JobRecord>, Box<dyn std::error::Error + Send + Sync>> {
         if !self
             .ledger
-            .try_lock_reduce(&job.job_id, &self.daemon_id, REDUCE_LOCK)
+            .try_lock_reduce(&job.job_id, &self.daemon_id, ROUND_LOCK)
             .await?
         {
             debug!(job_id = %job.job_id, "another daemon is advancing this job's rounds");

@@ -15,7 +15,7 @@ use spillway_common::digest::Sha256Hex;
 use spillway_common::envelope::{FailedTask, TrainingRun};
 use spillway_common::layout;
 use spillway_common::ledger::{JobRecord, Ledger, RoundBegin, RoundPointer, RoundStart};
-use spillway_common::manifest::{Manifest, Training};
+use spillway_common::manifest::{Kernel, Manifest, Trainable, Training};
 use spillway_common::model::{MODEL_FILES, model_digest};
 use spillway_common::store::{self, PutOutcome};
 use spillway_common::task::{TaskSpec, slice, task_id};
@@ -116,6 +116,15 @@ pub enum RoundError {
         existing: Sha256Hex,
         computed: Sha256Hex,
     },
+    #[error(
+        "kernel.trainable.top_layers is {top_layers}, but the model at {uri} has {layers} \
+         layers; set top_layers to at most {layers} or use \"all\""
+    )]
+    Layers {
+        uri: String,
+        top_layers: u32,
+        layers: u64,
+    },
     #[error("job {job_id} is in state {state}, which has no round step")]
     State { job_id: String, state: String },
     #[error("the reduce step's thread stopped")]
@@ -130,6 +139,7 @@ impl RoundError {
             RoundError::Gradients { .. }
             | RoundError::Update { .. }
             | RoundError::ModelDigest { .. }
+            | RoundError::Layers { .. }
             | RoundError::Conflict { .. } => true,
             RoundError::Ledger(_)
             | RoundError::Reduce(_)
@@ -220,7 +230,7 @@ pub async fn prepare(
         None => match first_round(&plan).await {
             Ok(pointer) => pointer,
             Err(error) if error.is_permanent() => {
-                let failed = vec![round_failure(0, &error)];
+                let failed = vec![round_failure(&job.job_id, 0, &error)];
                 return fail(ledger, job, &plan, failed, gpu_sku, prices).await;
             }
             Err(error) => return Err(error),
@@ -234,11 +244,16 @@ pub async fn prepare(
 async fn first_round(plan: &Plan) -> Result<RoundPointer, RoundError> {
     let model = &plan.manifest.model;
     let mut digests = Vec::with_capacity(MODEL_FILES.len());
+    let mut config = Bytes::new();
     for name in MODEL_FILES {
         let bytes = store::get(&store::join(&model.uri, name)).await?;
         digests.push(Sha256Hex::of(&bytes));
+        if name == "config.json" {
+            config = bytes;
+        }
     }
     let weights_sha256 = digests[1].clone();
+    check_layers(plan, &config)?;
     let digests: [Sha256Hex; 3] = digests.try_into().expect("three model files");
     let actual = model_digest(&digests);
     if actual != model.sha256 {
@@ -254,6 +269,30 @@ async fn first_round(plan: &Plan) -> Result<RoundPointer, RoundError> {
         weights_sha256: weights_sha256.to_string(),
         ..RoundPointer::default()
     })
+}
+
+/// Checks a `contrastive` job's `trainable.top_layers` against the model's layer
+/// count, which the manifest alone cannot know. Without this check every worker
+/// would exit on the same error and the job would never end.
+fn check_layers(plan: &Plan, config: &[u8]) -> Result<(), RoundError> {
+    let Kernel::Contrastive {
+        trainable: Trainable::TopLayers(top_layers),
+        ..
+    } = plan.manifest.kernel
+    else {
+        return Ok(());
+    };
+    let layers = serde_json::from_slice::<serde_json::Value>(config)
+        .ok()
+        .and_then(|config| config["num_hidden_layers"].as_u64());
+    match layers {
+        Some(layers) if u64::from(top_layers) > layers => Err(RoundError::Layers {
+            uri: plan.manifest.model.uri.clone(),
+            top_layers,
+            layers,
+        }),
+        _ => Ok(()),
+    }
 }
 
 async fn begin(
@@ -329,7 +368,7 @@ pub async fn reduce_round(
     let record = match step(files, job, &plan, &pointer, &tasks).await {
         Ok(record) => record,
         Err(error) if error.is_permanent() => {
-            let failed = vec![round_failure(pointer.round, &error)];
+            let failed = vec![round_failure(&job.job_id, pointer.round, &error)];
             return fail(ledger, job, &plan, failed, gpu_sku, prices).await;
         }
         Err(error) => return Err(error),
@@ -543,9 +582,9 @@ async fn put_round_file(
 
 /// Describes a round that failed as a whole (its model or its reduce step) in the
 /// envelope's list of failed tasks, and logs it.
-fn round_failure(round: u32, error: &RoundError) -> FailedTask {
+fn round_failure(job_id: &str, round: u32, error: &RoundError) -> FailedTask {
     let reason = spillway_common::process::error_chain(error);
-    warn!(round, error = %reason, "training round failed");
+    warn!(job_id, round, error = %reason, "training round failed");
     FailedTask {
         task_id: format!("round-{round}"),
         state: "failed".into(),

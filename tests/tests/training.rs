@@ -255,3 +255,28 @@ async fn bad_shard_fails_the_round_and_the_job() {
     );
     assert_eq!(job.tasks_total, 2, "no round after the failed one");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_top_layers_than_model_fails_job() {
+    let _serial = serial().await;
+    let redis = RedisServer::start().unwrap();
+    let daemon = Daemon::start(&redis, DaemonOptions::default()).unwrap();
+    let ledger = Ledger::connect(&redis.url(), "spillway").await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let inputs = vec![write_pair_shard(data.path(), "pairs.jsonl", 8)];
+    let output = data.path().join("out");
+    // all-MiniLM-L6-v2 has 6 layers.
+    let kernel = serde_json::json!({"name": "contrastive", "trainable": {"top_layers": 7}});
+    let manifest = training_manifest("seven", kernel, three_rounds(), inputs, 4, &output);
+    let job_id = job_id_of(&manifest);
+
+    send_raw(&redis, manifest.to_string().as_bytes()).await;
+    let job = wait_finished(&ledger, &job_id, JOB_TIMEOUT).await;
+
+    assert_eq!(job.state, "failed", "daemon log:\n{}", daemon.log());
+    assert_eq!(job.tasks_total, 0, "no round began");
+    let envelope = read_envelope(&output, &job_id);
+    let reason = &envelope.failed_tasks[0].reason;
+    assert!(reason.contains("top_layers is 7"), "{reason}");
+    assert!(reason.contains("has 6 layers"), "{reason}");
+}

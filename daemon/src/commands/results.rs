@@ -22,6 +22,13 @@ pub async fn run(ledger: &Ledger, job_id: &str, output: OutputFormat) -> anyhow:
             job.tasks_total
         );
     }
+    if job.state == "cancelled" {
+        // A cancelled job is not reduced, so it has no envelope.
+        let reason = job.summary.as_deref().unwrap_or("no reason recorded");
+        anyhow::bail!(
+            "job {job_id} was cancelled ({reason}), so it has no results; `spillway status {job_id}` shows how far it got"
+        );
+    }
     let manifest = job.manifest()?;
     let uri = layout::job_envelope_uri(&manifest.output, job_id);
     let bytes = store::get(&uri)

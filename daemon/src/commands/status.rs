@@ -144,19 +144,22 @@ fn print_job(job: &JobRecord, cost: &JobCost) {
             let tasks = spillway_common::task::slice(&manifest).len() as u64;
             Some(spillway_common::train::total_rounds(training, tasks))
         });
-        let total = total.map_or_else(|| "?".to_string(), |total| total.to_string());
+        let last = total.map_or_else(
+            || "?".to_string(),
+            |total| total.saturating_sub(1).to_string(),
+        );
         println!(
-            "round      {} of {total}, on weights {}",
-            round.round + 1,
-            round.weights_sha256
+            "round      {} of rounds 0 to {last}, on weights {}",
+            round.round, round.weights_sha256
         );
     }
     println!(
         "attempts   {} retries, {} lease expiries, {} duplicates suppressed",
         job.retries, job.lease_expiries, job.duplicates
     );
-    let worker_secs: f64 = cost.lines.iter().map(|line| line.worker_secs).sum();
-    let gpu_secs: f64 = cost.lines.iter().map(|line| line.gpu_secs).sum();
+    // `+ 0.0` turns the -0.0 of an empty sum into 0.0.
+    let worker_secs = cost.lines.iter().map(|line| line.worker_secs).sum::<f64>() + 0.0;
+    let gpu_secs = cost.lines.iter().map(|line| line.gpu_secs).sum::<f64>() + 0.0;
     println!(
         "cost       {:.4} {} for {worker_secs:.1} worker-seconds ({gpu_secs:.1} GPU-seconds)",
         cost.total, cost.currency
