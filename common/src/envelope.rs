@@ -116,7 +116,7 @@ pub struct JobEnvelope {
 /// the model to the artefact can be checked digest by digest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRun {
-    /// Rounds the manifest asks for.
+    /// Rounds that the manifest sets, directly or through `epochs`.
     pub rounds_total: u64,
     /// Rounds reduced, in order.
     pub rounds: Vec<crate::train::RoundRecord>,

@@ -64,7 +64,8 @@ pub async fn reduce(
     conclude(ledger, job, &manifest, conclusion, gpu_sku, prices).await
 }
 
-/// How a job ended, before its envelope is written.
+/// The outcome of a job before its envelope is written: artefact, failed tasks and
+/// training rounds.
 #[derive(Debug, Default)]
 pub struct Conclusion {
     /// The artefact's URI and SHA-256, when the job succeeded.

@@ -1,11 +1,14 @@
 //! Training rounds: create each round's tasks, reduce a round's partial gradients into
 //! the next weights file, and conclude the job after its last round.
 //!
-//! The ledger holds each job's position (its round, the weights file and optimizer
+//! The ledger records each job's position (its round, the weights file and optimizer
 //! state that round runs on), and every step here can be repeated after a crash:
 //! round files are written create-only and are the same bytes on every attempt, and
 //! [`Ledger::begin_round`] creates only the tasks that do not exist yet. A daemon that
 //! restarts therefore continues from the last round the ledger recorded.
+//!
+//! NOTE: placement sees only the queued tasks of the current round, so a training
+//! job's deadline is checked against one round, not against the rounds still to come.
 
 use std::time::Instant;
 
@@ -14,7 +17,7 @@ use futures::StreamExt;
 use spillway_common::digest::Sha256Hex;
 use spillway_common::envelope::{FailedTask, TrainingRun};
 use spillway_common::layout;
-use spillway_common::ledger::{JobRecord, Ledger, RoundBegin, RoundPointer, RoundStart};
+use spillway_common::ledger::{JobRecord, Ledger, RoundBegin, RoundPointer};
 use spillway_common::manifest::{Kernel, Manifest, Trainable, Training};
 use spillway_common::model::{MODEL_FILES, model_digest};
 use spillway_common::store::{self, PutOutcome};
@@ -308,15 +311,10 @@ async fn begin(
         weights_sha256: parse_digest(job, &pointer.weights_sha256)?,
     };
     let specs = plan.round_specs(&weights);
-    let start = RoundStart {
-        round: pointer.round,
-        weights_uri: &pointer.weights_uri,
-        weights_sha256: &pointer.weights_sha256,
-        optimizer_uri: &pointer.optimizer_uri,
-        optimizer_sha256: &pointer.optimizer_sha256,
-        previous,
-    };
-    match ledger.begin_round(&job.job_id, &start, &specs).await? {
+    match ledger
+        .begin_round(&job.job_id, pointer, previous, &specs)
+        .await?
+    {
         RoundBegin::Running => {
             info!(
                 job_id = %job.job_id,

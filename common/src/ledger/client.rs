@@ -139,7 +139,7 @@ pub struct JobRecord {
     pub round: Option<RoundPointer>,
 }
 
-/// Where a training job stands: its current round and the files that round runs on.
+/// The position of a training job: its current round and the files that round runs on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RoundPointer {
     pub round: u32,
@@ -153,25 +153,13 @@ pub struct RoundPointer {
     pub started_at_ms: i64,
 }
 
-/// The files a new round runs on and the record of the round reduced before it.
-#[derive(Debug, Clone)]
-pub struct RoundStart<'a> {
-    pub round: u32,
-    pub weights_uri: &'a str,
-    pub weights_sha256: &'a str,
-    pub optimizer_uri: &'a str,
-    pub optimizer_sha256: &'a str,
-    /// The previous round's record; `None` for round 0.
-    pub previous: Option<&'a crate::train::RoundRecord>,
-}
-
 /// Outcome of [`Ledger::begin_round`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoundBegin {
     /// The round's tasks exist and the job is running again.
     Running,
-    /// The job is not in a state from which this round begins (another daemon began
-    /// it and it has moved on, or the job was cancelled); holds that state.
+    /// The job's state, from which this round cannot begin: another daemon began it
+    /// and the job moved on, or the job was cancelled.
     Stale(String),
 }
 
@@ -375,19 +363,20 @@ impl Ledger {
         Ok(())
     }
 
-    /// Begins a training round: records the files it runs on and the previous round's
-    /// record, creates the round's `tasks` and opens the job for leasing. Round 0
+    /// Begins a training round. Records the files it runs on (`start`, whose
+    /// `started_at_ms` is not read) and the record of the `previous` round. Then
+    /// creates the round's `tasks` and opens the job for leasing. Round 0
     /// begins from `preparing`, round k + 1 from `reducing` after round k. Safe to
     /// repeat after a crash: tasks that exist are kept, and a record is listed once.
     pub async fn begin_round(
         &self,
         job_id: &str,
-        start: &RoundStart<'_>,
+        start: &RoundPointer,
+        previous: Option<&crate::train::RoundRecord>,
         tasks: &[TaskSpec],
     ) -> Result<RoundBegin, LedgerError> {
         let mut conn = self.conn.clone();
-        let record = start
-            .previous
+        let record = previous
             .map(|record| serde_json::to_string(record).expect("round record serializes"))
             .unwrap_or_default();
         let outcome: String = scripts::BEGIN_ROUND
@@ -395,10 +384,10 @@ impl Ledger {
             .key(self.keys.rounds(job_id))
             .arg(start.round)
             .arg(tasks.len())
-            .arg(start.weights_uri)
-            .arg(start.weights_sha256)
-            .arg(start.optimizer_uri)
-            .arg(start.optimizer_sha256)
+            .arg(&start.weights_uri)
+            .arg(&start.weights_sha256)
+            .arg(&start.optimizer_uri)
+            .arg(&start.optimizer_sha256)
             .arg(record)
             .invoke_async(&mut conn)
             .await

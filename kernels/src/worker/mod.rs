@@ -165,8 +165,9 @@ struct RoundWait {
 }
 
 impl RoundWait {
-    /// Longest single wait, under the ledger connection's response timeout, so that
-    /// the worker also notices a job that finished or a stop signal.
+    /// Maximum time of one blocking wait. It stays under the ledger connection's
+    /// response timeout, and the worker checks for a finished job or a stop signal
+    /// between waits.
     const MAX_BLOCK: Duration = Duration::from_secs(2);
 
     fn new(config: &WorkerConfig, manifest: &Manifest) -> Self {
