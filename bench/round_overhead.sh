@@ -10,7 +10,7 @@
 # Results go to stdout and to target/bench/round_results.json.
 #
 # Usage: bench/round_overhead.sh [--rounds 6] [--tasks-per-round 4,8]
-#            [--records-per-task 32] [--workers 2]
+#            [--records-per-task 32] [--workers 2] [--keep DIR]
 
 set -euo pipefail
 

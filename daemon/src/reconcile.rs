@@ -44,6 +44,9 @@ const REDUCE_LOCK: Duration = Duration::from_secs(300);
 /// while a short one keeps a daemon that died in a step from stalling the job.
 const ROUND_LOCK: Duration = Duration::from_secs(20);
 
+/// Shortest wait between passes worth a blocking pop; a pass due sooner runs at once.
+const MIN_WAIT: Duration = Duration::from_millis(10);
+
 /// Settings that a reload changes while the loop runs.
 #[derive(Debug, Clone)]
 pub struct Tunables {
@@ -148,16 +151,23 @@ impl Reconciler {
         let interval = watchdog
             .max_sleep()
             .map_or(interval, |max| interval.min(max));
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The wait for a wake is itself the sleep between passes. Racing it against a
+        // timer would drop a blocking pop that Redis had already answered, and so lose
+        // the wake, and its job would wait for the next pass.
+        let mut next_pass = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = ticker.tick() => {}
-                Some(job_id) = wait_wake(self.waker.as_ref(), interval) => {
-                    debug!(job_id, "woken: a job's last task completed");
+            let left = next_pass.saturating_duration_since(tokio::time::Instant::now());
+            if left >= MIN_WAIT {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    woken = wait_wake(self.waker.as_ref(), left) => match woken {
+                        Some(job_id) => debug!(job_id, "woken: a job's last task completed"),
+                        // Waited up to the pass, or less when the wait was capped.
+                        None => continue,
+                    }
                 }
             }
+            next_pass = tokio::time::Instant::now() + interval;
             if let Err(error) = self.pass().await {
                 warn!(error = %error_chain(error.as_ref()), "reconcile pass failed; retrying next interval");
             }
@@ -589,8 +599,11 @@ impl Reconciler {
         }
 
         match step? {
-            RoundStep::Begun { round } => {
+            RoundStep::Begun { round, state } => {
                 debug!(job_id = %job.job_id, round, "round open for leasing");
+                if let Some(state) = state {
+                    state.write(&self.round_files).await;
+                }
                 Ok(self
                     .ledger
                     .job(&job.job_id)
@@ -661,10 +674,12 @@ impl Reconciler {
                 self.metrics.duplicates_suppressed.inc();
             }
             if observation.outcome == "succeeded" {
+                // The worker time, not the runtime: the estimate is of how much work
+                // a worker gets through, and its attempts overlap.
                 self.estimator.observe(
                     &observation.kernel,
                     &observation.model_sha256,
-                    observation.runtime_secs,
+                    observation.worker_secs(),
                 );
             }
             let amount = self.count_usage(&observation, &tunables.prices);
@@ -687,15 +702,15 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Adds one attempt's runtime to the worker time, GPU time and cost counters, and
-    /// returns its cost.
+    /// Adds one attempt's worker time to the worker time, GPU time and cost counters,
+    /// and returns its cost.
     fn count_usage(&self, observation: &TaskObservation, prices: &PriceTable) -> f64 {
         let backend = cost::backend_kind(&observation.backend).to_string();
         let gpu = match observation.gpu_sku.as_str() {
             "" => "cpu".to_string(),
             sku => sku.to_string(),
         };
-        let seconds = observation.runtime_secs.max(0.0);
+        let seconds = observation.worker_secs().max(0.0);
         let amount = prices.cost(&observation.backend, &gpu, observation.gpus, seconds);
         let labels = GpuLabels {
             backend: backend.clone(),
@@ -750,12 +765,15 @@ fn utc_day(unix_secs: f64) -> String {
     )
 }
 
-/// Waits for a wake on `waker` for up to `timeout`; never returns without a waker.
+/// Waits for a wake on `waker` for up to `timeout`, or sleeps that long without a
+/// waker. Returns the woken job.
 async fn wait_wake(waker: Option<&Ledger>, timeout: Duration) -> Option<String> {
     let Some(waker) = waker else {
-        return std::future::pending().await;
+        tokio::time::sleep(timeout).await;
+        return None;
     };
-    // Under the connection's 10 s response timeout.
+    // Under the connection's 10 s response timeout; a longer wait ends early and
+    // the loop runs a pass sooner.
     let timeout = timeout.min(Duration::from_secs(5));
     match waker.wait_wake(timeout).await {
         Ok(woken) => woken,

@@ -7,73 +7,38 @@
 //! [`Ledger::begin_round`] creates only the tasks that do not exist yet. A daemon that
 //! restarts therefore continues from the last round the ledger recorded.
 //!
+//! The next weights file is written before the next round begins, because its tasks
+//! read it. The optimizer state is written after the round began, while workers
+//! compute, so the ledger can point a round at a state that a crash or a failed write
+//! left missing. The round's reduce step then recomputes the previous round's step to
+//! restore it (`rounds/restore.rs`).
+//!
 //! NOTE: placement sees only the queued tasks of the current round, so a training
 //! job's deadline is checked against one round, not against the rounds still to come.
 
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use spillway_common::digest::Sha256Hex;
 use spillway_common::envelope::{FailedTask, TrainingRun};
-use spillway_common::layout;
-use spillway_common::ledger::{JobRecord, Ledger, RoundBegin, RoundPointer};
+use spillway_common::ledger::{
+    JobRecord, Ledger, LedgerError, RoundBegin, RoundPointer, TaskRecord,
+};
 use spillway_common::manifest::{Kernel, Manifest, Trainable, Training};
 use spillway_common::model::{MODEL_FILES, model_digest};
-use spillway_common::store::{self, PutOutcome};
+use spillway_common::store;
 use spillway_common::task::{TaskSpec, slice, task_id};
-use spillway_common::train::{
-    GradientReducer, RoundRecord, TrainRound, apply_round, round_tasks, total_rounds,
-};
+use spillway_common::train::{RoundRecord, TrainRound, round_tasks, total_rounds};
 use tracing::{debug, info, warn};
 
 use crate::cost::PriceTable;
 use crate::reduce::{Conclusion, Reduced, conclude, failed_tasks};
 
-/// Partial gradients fetched ahead of the one being added.
-const FETCH_AHEAD: usize = 4;
+mod restore;
+mod step;
 
-/// The files that each training job's last reduce step wrote, kept in memory so that
-/// the next round's step starts without fetching them. After a restart, or on another
-/// daemon, the step fetches them from the store and checks their SHA-256.
-#[derive(Default)]
-pub struct RoundFiles {
-    files: std::sync::Mutex<std::collections::HashMap<String, StepInputs>>,
-}
-
-/// A round's weights file and the optimizer state before its step.
-#[derive(Clone)]
-struct StepInputs {
-    weights_sha256: Sha256Hex,
-    weights: Bytes,
-    /// SHA-256 and bytes of the state; `None` before round 1.
-    state: Option<(String, Bytes)>,
-}
-
-impl RoundFiles {
-    fn take(&self, job_id: &str, pointer: &RoundPointer) -> Option<StepInputs> {
-        let mut files = self.files.lock().expect("round files lock");
-        let inputs = files.remove(job_id)?;
-        let state_sha256 = inputs
-            .state
-            .as_ref()
-            .map_or("", |(sha256, _)| sha256.as_str());
-        let matches = inputs.weights_sha256.as_str() == pointer.weights_sha256
-            && state_sha256 == pointer.optimizer_sha256;
-        matches.then_some(inputs)
-    }
-
-    fn keep(&self, job_id: &str, inputs: StepInputs) {
-        let mut files = self.files.lock().expect("round files lock");
-        files.insert(job_id.to_owned(), inputs);
-    }
-
-    /// Drops the files of every job not in `active`.
-    pub fn retain(&self, active: &[String]) {
-        let mut files = self.files.lock().expect("round files lock");
-        files.retain(|job_id, _| active.contains(job_id));
-    }
-}
+use step::put_state;
+pub use step::{PendingState, RoundFiles};
 
 /// The model file whose tensors round 0 runs on.
 const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -83,7 +48,7 @@ const MODEL_WEIGHTS: &str = "model.safetensors";
 #[derive(Debug, thiserror::Error)]
 pub enum RoundError {
     #[error(transparent)]
-    Ledger(#[from] spillway_common::ledger::LedgerError),
+    Ledger(#[from] LedgerError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
@@ -120,6 +85,18 @@ pub enum RoundError {
         computed: Sha256Hex,
     },
     #[error(
+        "recomputing round {round}'s step to restore a missing optimizer state gives {uri} \
+         the SHA-256 {recomputed}, but the ledger records {recorded}. A partial gradient \
+         or input file of that round changed after the round was reduced, so the job \
+         cannot continue. Submit the manifest again with another name to start a new job"
+    )]
+    Recomputed {
+        round: u32,
+        uri: String,
+        recorded: Sha256Hex,
+        recomputed: Sha256Hex,
+    },
+    #[error(
         "kernel.trainable.top_layers is {top_layers}, but the model at {uri} has {layers} \
          layers; set top_layers to at most {layers} or use \"all\""
     )]
@@ -143,7 +120,8 @@ impl RoundError {
             | RoundError::Update { .. }
             | RoundError::ModelDigest { .. }
             | RoundError::Layers { .. }
-            | RoundError::Conflict { .. } => true,
+            | RoundError::Conflict { .. }
+            | RoundError::Recomputed { .. } => true,
             RoundError::Ledger(_)
             | RoundError::Reduce(_)
             | RoundError::State { .. }
@@ -155,8 +133,13 @@ impl RoundError {
 /// The outcome of a round step.
 #[derive(Debug)]
 pub enum RoundStep {
-    /// The round's tasks exist and the job runs them.
-    Begun { round: u32 },
+    /// The round's tasks exist and the job runs them. `state` is the optimizer state
+    /// that the caller writes with [`PendingState::write`] after releasing the job's
+    /// round lock, while the workers compute.
+    Begun {
+        round: u32,
+        state: Option<Box<PendingState>>,
+    },
     /// The job finished: after its last round, or failed.
     Concluded(Box<Reduced>),
     /// Nothing to do: another daemon moved the job on.
@@ -326,6 +309,7 @@ async fn begin(
             );
             Ok(RoundStep::Begun {
                 round: pointer.round,
+                state: None,
             })
         }
         RoundBegin::Stale(state) => {
@@ -337,8 +321,11 @@ async fn begin(
 
 /// Reduces the current round of a job in `reducing`: the sample-weighted mean of its
 /// partial gradients, one optimizer step, the next weights file and optimizer state.
-/// Begins the next round, or concludes the job after the last one. A round with a
-/// failed or dead task fails the job, since its step would miss that task's samples.
+/// Begins the next round, or concludes the job after the last one. The next round's
+/// optimizer state is left to the caller to write after the round began, so that
+/// workers need not wait for it (see [`RoundStep::Begun`]). A round
+/// with a failed or dead task fails the job, since its step would miss that task's
+/// samples.
 pub async fn reduce_round(
     ledger: &Ledger,
     files: &RoundFiles,
@@ -353,9 +340,7 @@ pub async fn reduce_round(
             state: "reducing before its first round".into(),
         });
     };
-    let per_round = u64::from(plan.training.tasks_per_round);
-    let first = u64::from(pointer.round) * per_round;
-    let tasks = ledger.tasks_range(&job.job_id, first, per_round).await?;
+    let tasks = round_task_records(ledger, job, &plan, pointer.round).await?;
     let failed = failed_tasks(&tasks);
     if !failed.is_empty() {
         warn!(job_id = %job.job_id, round = pointer.round, failed_tasks = failed.len(), "a task of the round failed; the job fails");
@@ -363,8 +348,18 @@ pub async fn reduce_round(
     }
 
     let started = Instant::now();
-    let record = match step(files, job, &plan, &pointer, &tasks).await {
-        Ok(record) => record,
+    let last = u64::from(pointer.round) + 1 >= plan.rounds_total;
+    let stepped = async {
+        let (record, next_inputs) =
+            step::reduce_step(ledger, files, job, &plan, &pointer, &tasks).await?;
+        // No round follows the last one, so its state write has nothing to overlap.
+        if last {
+            put_state(&record, &next_inputs).await?;
+        }
+        Ok::<_, RoundError>((record, next_inputs))
+    };
+    let (record, next_inputs) = match stepped.await {
+        Ok(stepped) => stepped,
         Err(error) if error.is_permanent() => {
             let failed = vec![round_failure(&job.job_id, pointer.round, &error)];
             return fail(ledger, job, &plan, failed, gpu_sku, prices).await;
@@ -385,197 +380,63 @@ pub async fn reduce_round(
         "training round reduced"
     );
 
-    let next = record.round + 1;
-    if u64::from(next) >= plan.rounds_total {
-        let mut rounds = ledger.rounds(&job.job_id).await?;
-        rounds.push(record.clone());
-        let conclusion = Conclusion {
-            artefact: Some((record.next_weights_uri, record.next_weights_sha256)),
-            failed: Vec::new(),
-            training: Some(TrainingRun {
-                rounds_total: plan.rounds_total,
-                rounds,
-            }),
-        };
-        let reduced = conclude(ledger, job, &plan.manifest, conclusion, gpu_sku, prices).await?;
-        return Ok(RoundStep::Concluded(Box::new(reduced)));
+    if last {
+        return succeed(ledger, job, &plan, record, gpu_sku, prices).await;
     }
 
     let pointer = RoundPointer {
-        round: next,
+        round: record.round + 1,
         weights_uri: record.next_weights_uri.clone(),
         weights_sha256: record.next_weights_sha256.to_string(),
         optimizer_uri: record.optimizer_state_uri.clone(),
         optimizer_sha256: record.optimizer_state_sha256.to_string(),
         started_at_ms: 0,
     };
-    begin(ledger, job, &plan, &pointer, Some(&record)).await
+    let mut begun = begin(ledger, job, &plan, &pointer, Some(&record)).await?;
+    if let RoundStep::Begun { state, .. } = &mut begun {
+        *state = Some(Box::new(PendingState {
+            job_id: job.job_id.clone(),
+            record,
+            inputs: next_inputs,
+        }));
+    }
+    Ok(begun)
 }
 
-/// Runs the reduce step proper: reads the partials in task order, steps the optimizer
-/// and writes the two files of the next round.
-async fn step(
-    files: &RoundFiles,
+/// Concludes the job as succeeded after its last round, `record`, with the last
+/// weights file as its artefact.
+async fn succeed(
+    ledger: &Ledger,
     job: &JobRecord,
     plan: &Plan,
-    pointer: &RoundPointer,
-    tasks: &[spillway_common::ledger::TaskRecord],
-) -> Result<RoundRecord, RoundError> {
-    let round = pointer.round;
-    let weights_sha256 = parse_digest(job, &pointer.weights_sha256)?;
-    let output = &plan.manifest.output;
-
-    // Fetch a few partials ahead, but add them strictly in task index order: the
-    // ledger lists a round's tasks sorted by micro-batch index.
-    let sources: Vec<(String, u32)> = tasks
-        .iter()
-        .map(|task| {
-            let uri = task
-                .result_uri
-                .clone()
-                .unwrap_or_else(|| layout::result_uri(output, &job.job_id, &task.spec.task_id));
-            (uri, task.spec.index)
-        })
-        .collect();
-    let clock = Instant::now();
-    let reduce = async {
-        let mut fetched = futures::stream::iter(sources)
-            .map(|(uri, index)| async move { store::get(&uri).await.map(|bytes| (index, bytes)) })
-            .buffered(FETCH_AHEAD);
-        let mut reducer = GradientReducer::new(round, weights_sha256.clone());
-        while let Some(partial) = fetched.next().await {
-            let (index, bytes) = partial?;
-            reducer =
-                tokio::task::spawn_blocking(move || reducer.add(index, &bytes).map(|()| reducer))
-                    .await?
-                    .map_err(|source| RoundError::Gradients { round, source })?;
-        }
-        let gradient = reducer
-            .finish()
-            .map_err(|source| RoundError::Gradients { round, source })?;
-        Ok::<_, RoundError>((gradient, clock.elapsed()))
+    record: RoundRecord,
+    gpu_sku: &str,
+    prices: &PriceTable,
+) -> Result<RoundStep, RoundError> {
+    let mut rounds = ledger.rounds(&job.job_id).await?;
+    rounds.push(record.clone());
+    let conclusion = Conclusion {
+        artefact: Some((record.next_weights_uri, record.next_weights_sha256)),
+        failed: Vec::new(),
+        training: Some(TrainingRun {
+            rounds_total: plan.rounds_total,
+            rounds,
+        }),
     };
-    // The inputs of the optimizer step are read while the partials reduce, unless the
-    // previous step of this daemon left them in memory.
-    let inputs = async {
-        let inputs = match files.take(&job.job_id, pointer) {
-            Some(inputs) => inputs,
-            None => fetch_inputs(job, pointer, &weights_sha256).await?,
-        };
-        Ok::<_, RoundError>((inputs, clock.elapsed()))
-    };
-    let ((gradient, reduced_at), (inputs, read_at)) = tokio::try_join!(reduce, inputs)?;
-
-    let kernel = plan.manifest.kernel.clone();
-    let training = plan.training.clone();
-    let samples = gradient.samples;
-    let loss = gradient.loss;
-    let partials = gradient.partials;
-    let started_step = clock.elapsed();
-    let update = tokio::task::spawn_blocking(move || {
-        let state = inputs.state.as_ref().map(|(_, bytes)| bytes.as_ref());
-        apply_round(&kernel, &training, &inputs.weights, state, &gradient)
-    })
-    .await?
-    .map_err(|source| RoundError::Update { round, source })?;
-
-    let next = update.next_round;
-    let weights_uri = layout::round_weights_uri(output, &job.job_id, next);
-    let state_uri = layout::round_optimizer_uri(output, &job.job_id, next);
-    let stepped_at = clock.elapsed();
-    let next_inputs = StepInputs {
-        weights_sha256: update.weights_sha256.clone(),
-        weights: Bytes::from(update.weights),
-        state: Some((update.state_sha256.to_string(), Bytes::from(update.state))),
-    };
-    let state = next_inputs.state.as_ref().map(|(_, bytes)| bytes.clone());
-    tokio::try_join!(
-        put_round_file(
-            &weights_uri,
-            round,
-            next_inputs.weights.clone(),
-            &update.weights_sha256
-        ),
-        put_round_file(
-            &state_uri,
-            round,
-            state.unwrap_or_default(),
-            &update.state_sha256
-        ),
-    )?;
-    files.keep(&job.job_id, next_inputs);
-    debug!(
-        job_id = %job.job_id,
-        round,
-        reduce_secs = reduced_at.as_secs_f64(),
-        read_secs = read_at.as_secs_f64(),
-        step_secs = (stepped_at - started_step).as_secs_f64(),
-        write_secs = (clock.elapsed() - stepped_at).as_secs_f64(),
-        "reduce step phases"
-    );
-
-    Ok(RoundRecord {
-        round,
-        weights_sha256,
-        tasks: partials,
-        samples,
-        loss,
-        next_weights_uri: weights_uri,
-        next_weights_sha256: update.weights_sha256,
-        optimizer_state_uri: state_uri,
-        optimizer_state_sha256: update.state_sha256,
-        round_secs: round_secs(pointer),
-        reduce_secs: 0.0,
-    })
+    let reduced = conclude(ledger, job, &plan.manifest, conclusion, gpu_sku, prices).await?;
+    Ok(RoundStep::Concluded(Box::new(reduced)))
 }
 
-/// Fetches a round's weights file and the optimizer state before its step, each
-/// checked against the SHA-256 the ledger pins.
-async fn fetch_inputs(
+/// Reads the task records of round `round` of the job, in task order.
+async fn round_task_records(
+    ledger: &Ledger,
     job: &JobRecord,
-    pointer: &RoundPointer,
-    weights_sha256: &Sha256Hex,
-) -> Result<StepInputs, RoundError> {
-    let weights = store::get_verified(&pointer.weights_uri, weights_sha256).await?;
-    let state = if pointer.optimizer_uri.is_empty() {
-        None
-    } else {
-        let expected = parse_digest(job, &pointer.optimizer_sha256)?;
-        let bytes = store::get_verified(&pointer.optimizer_uri, &expected).await?;
-        Some((pointer.optimizer_sha256.clone(), bytes))
-    };
-    Ok(StepInputs {
-        weights_sha256: weights_sha256.clone(),
-        weights,
-        state,
-    })
-}
-
-/// Writes a round file create-only. A file left by an earlier attempt of the same
-/// step is kept when it has the same bytes, which a deterministic step guarantees.
-async fn put_round_file(
-    uri: &str,
+    plan: &Plan,
     round: u32,
-    bytes: Bytes,
-    sha256: &Sha256Hex,
-) -> Result<(), RoundError> {
-    if store::put_create(uri, bytes).await? == PutOutcome::Created {
-        return Ok(());
-    }
-    let existing = Sha256Hex::of(&store::get(uri).await?);
-    if &existing != sha256 {
-        return Err(RoundError::Conflict {
-            uri: uri.to_owned(),
-            round,
-            existing,
-            computed: sha256.clone(),
-        });
-    }
-    debug!(
-        uri,
-        round, "round file exists from an earlier attempt; kept"
-    );
-    Ok(())
+) -> Result<Vec<TaskRecord>, RoundError> {
+    let per_round = u64::from(plan.training.tasks_per_round);
+    let first = u64::from(round) * per_round;
+    Ok(ledger.tasks_range(&job.job_id, first, per_round).await?)
 }
 
 /// Describes a round that failed as a whole (its model or its reduce step) in the
@@ -636,7 +497,7 @@ fn round_secs(pointer: &RoundPointer) -> f64 {
 
 fn parse_digest(job: &JobRecord, text: &str) -> Result<Sha256Hex, RoundError> {
     Sha256Hex::parse(text).map_err(|error| {
-        RoundError::Ledger(spillway_common::ledger::LedgerError::Corrupt {
+        RoundError::Ledger(LedgerError::Corrupt {
             what: "round digest",
             job_id: job.job_id.clone(),
             detail: format!("{text}: {error}"),
@@ -709,6 +570,13 @@ mod tests {
             computed: Sha256Hex::of(b"b"),
         };
         assert!(conflict.is_permanent());
+        let recomputed = RoundError::Recomputed {
+            round: 1,
+            uri: "file:///x".into(),
+            recorded: Sha256Hex::of(b"a"),
+            recomputed: Sha256Hex::of(b"b"),
+        };
+        assert!(recomputed.is_permanent());
         let state = RoundError::State {
             job_id: "j".into(),
             state: "running".into(),

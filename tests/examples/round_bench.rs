@@ -45,6 +45,8 @@ struct Options {
     per_round: Vec<u32>,
     records_per_task: u32,
     workers: u32,
+    /// Folder that keeps each run's outputs and daemon log, for a closer look.
+    keep: Option<PathBuf>,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -54,6 +56,7 @@ fn parse_options() -> anyhow::Result<Options> {
         per_round: vec![4, 8],
         records_per_task: 32,
         workers: 2,
+        keep: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -68,9 +71,10 @@ fn parse_options() -> anyhow::Result<Options> {
             }
             "--records-per-task" => options.records_per_task = value.parse()?,
             "--workers" => options.workers = value.parse()?,
+            "--keep" => options.keep = Some(PathBuf::from(value)),
             other => anyhow::bail!(
                 "unknown option {other}; use --inputs, --rounds, --tasks-per-round, \
-                 --records-per-task or --workers"
+                 --records-per-task, --workers or --keep"
             ),
         }
     }
@@ -116,7 +120,15 @@ async fn measure(options: &Options, per_round: u32) -> anyhow::Result<Measuremen
         ..DaemonOptions::default()
     };
     let daemon = Daemon::start(&redis, daemon_options)?;
-    let output = tempfile::tempdir()?;
+    let output = match &options.keep {
+        Some(keep) => {
+            std::fs::create_dir_all(keep)?;
+            tempfile::Builder::new()
+                .prefix(&format!("tasks-per-round-{per_round}-"))
+                .tempdir_in(keep)?
+        }
+        None => tempfile::tempdir()?,
+    };
     let kernel = serde_json::json!({"name": "contrastive"});
     let training = serde_json::json!({
         "rounds": options.rounds,
@@ -182,6 +194,10 @@ async fn measure(options: &Options, per_round: u32) -> anyhow::Result<Measuremen
         kernel_secs += by_worker.values().copied().fold(0.0, f64::max);
     }
     let measured = rounds.len().saturating_sub(1);
+    if options.keep.is_some() {
+        std::fs::write(output.path().join("daemon.log"), daemon.log())?;
+        eprintln!("outputs kept in {}", output.keep().display());
+    }
     Ok(Measurement {
         tasks_per_round: per_round,
         records_per_task: options.records_per_task,

@@ -357,6 +357,7 @@ async fn workers_and_observations() {
             backend: "local".into(),
             outcome: "succeeded".into(),
             runtime_secs: f64::from(i),
+            worker_secs: Some(f64::from(i) / 2.0),
             wait_secs: 0.5,
             gpu_sku: "cpu".into(),
             gpus: 0,

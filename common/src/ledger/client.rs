@@ -202,6 +202,11 @@ pub struct TaskObservation {
     pub outcome: String,
     /// Time from leasing to completion.
     pub runtime_secs: f64,
+    /// Worker time charged to the attempt: shorter than `runtime_secs` when the
+    /// worker computed its next task while this one was stored. `None` from workers
+    /// older than this field, whose attempts did not overlap.
+    #[serde(default)]
+    pub worker_secs: Option<f64>,
     /// Time the task spent queued before this lease.
     pub wait_secs: f64,
     /// GPU model of the worker, or `cpu`; empty from workers older than this field.
@@ -213,6 +218,14 @@ pub struct TaskObservation {
     /// Digest of the model the kernel ran, which keys the learned task durations.
     #[serde(default)]
     pub model_sha256: String,
+}
+
+impl TaskObservation {
+    /// Returns the worker time charged to the attempt, or its runtime when the worker
+    /// did not report one.
+    pub fn worker_secs(&self) -> f64 {
+        self.worker_secs.unwrap_or(self.runtime_secs)
+    }
 }
 
 /// Worker time that a job used on one kind of worker.
@@ -436,7 +449,7 @@ impl Ledger {
     pub async fn wait_round(&self, job_id: &str, timeout: Duration) -> Result<bool, LedgerError> {
         let mut conn = self.conn.clone();
         let popped: Option<(String, String)> = conn
-            .blpop(self.keys.round_open(job_id), timeout.as_secs_f64())
+            .blpop(self.keys.round_open(job_id), block_secs(timeout))
             .await
             .map_err(|source| self.redis_error("wait_round", job_id, source))?;
         Ok(popped.is_some())
@@ -486,7 +499,7 @@ impl Ledger {
     pub async fn wait_wake(&self, timeout: Duration) -> Result<Option<String>, LedgerError> {
         let mut conn = self.conn.clone();
         let popped: Option<(String, String)> = conn
-            .blpop(self.keys.wake(), timeout.as_secs_f64())
+            .blpop(self.keys.wake(), block_secs(timeout))
             .await
             .map_err(|source| self.redis_error("wait_wake", "*", source))?;
         Ok(popped.map(|(_, job_id)| job_id))
@@ -1102,6 +1115,13 @@ fn parse_field<T: std::str::FromStr + Default>(fields: &HashMap<String, String>,
 
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Converts a blocking command's timeout to seconds. Redis blocks forever on a
+/// timeout of 0, and a timeout under a millisecond can round to 0, so the result is
+/// at least 1 ms.
+fn block_secs(timeout: Duration) -> f64 {
+    timeout.max(Duration::from_millis(1)).as_secs_f64()
 }
 
 /// Milliseconds since the Unix epoch on this host; used only for index scores.

@@ -69,7 +69,9 @@ pub struct RoundRecord {
     pub optimizer_state_sha256: Sha256Hex,
     /// Time from the round's start (its tasks created) to its reduction.
     pub round_secs: f64,
-    /// Time the reduce step took: reading partials, the optimizer step and the writes.
+    /// Time the reduce step took: reading partials, the optimizer step and writing the
+    /// next weights file. The optimizer state is written after the next round began,
+    /// so only the last round's time includes that write.
     pub reduce_secs: f64,
 }
 

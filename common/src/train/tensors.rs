@@ -235,6 +235,46 @@ pub fn decode_values(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>, 
     Ok(values)
 }
 
+/// Adds `weight × value` for each value of a tensor's raw `data` to the matching
+/// element of `sums`, without first decoding the values into a vector. Returns whether
+/// every value was finite. `sums` has one element per value.
+pub fn add_weighted(
+    name: &str,
+    dtype: Dtype,
+    data: &[u8],
+    weight: f64,
+    sums: &mut [f64],
+) -> Result<bool, TensorFileError> {
+    fn add<const N: usize>(
+        data: &[u8],
+        weight: f64,
+        sums: &mut [f64],
+        decode: impl Fn([u8; N]) -> f32,
+    ) -> bool {
+        debug_assert_eq!(data.len(), sums.len() * N, "one value per sum");
+        let mut finite = true;
+        for (sum, chunk) in sums.iter_mut().zip(data.chunks_exact(N)) {
+            let value = decode(chunk.try_into().expect("chunks_exact gives N bytes"));
+            finite &= value.is_finite();
+            *sum += weight * f64::from(value);
+        }
+        finite
+    }
+    match dtype {
+        Dtype::F32 => Ok(add(data, weight, sums, f32::from_le_bytes)),
+        Dtype::BF16 => Ok(add(data, weight, sums, |bytes| {
+            f32::from_bits(u32::from(u16::from_le_bytes(bytes)) << 16)
+        })),
+        Dtype::F16 => Ok(add(data, weight, sums, |bytes| {
+            f16_to_f32(u16::from_le_bytes(bytes))
+        })),
+        other => Err(TensorFileError::Dtype {
+            name: name.to_owned(),
+            dtype: format!("{other:?}"),
+        }),
+    }
+}
+
 /// Converts an IEEE 754 binary16 value to f32, subnormals, infinities and NaN included.
 fn f16_to_f32(bits: u16) -> f32 {
     let sign = u32::from(bits >> 15) << 31;

@@ -97,7 +97,14 @@ pub fn apply_round(
     gradient: &ReducedGradient,
 ) -> Result<RoundUpdate, UpdateError> {
     let round = gradient.round;
-    let actual = Sha256Hex::of(weights);
+    // The step runs while every worker waits for it, so the two cores it may use
+    // share the work: the input's digest is checked beside the step, and the two
+    // files are encoded and hashed side by side.
+    let (actual, stepped) = std::thread::scope(|scope| {
+        let digest = scope.spawn(|| Sha256Hex::of(weights));
+        let stepped = step_parameters(kernel, training, round, weights, state, gradient);
+        (digest.join().expect("hashing does not panic"), stepped)
+    });
     if actual != gradient.weights_sha256 {
         return Err(UpdateError::WeightsDigest {
             round,
@@ -105,18 +112,7 @@ pub fn apply_round(
             actual,
         });
     }
-
-    let names: Vec<&str> = gradient.gradients.keys().map(String::as_str).collect();
-    let mut parameters = round_parameters(kernel, training.seed, round, weights, &names)?;
-    let mut optimizer_state = previous_state(training, round, state)?;
-
-    optim::step(
-        &training.optimizer,
-        &mut parameters,
-        &gradient.gradients,
-        &mut optimizer_state,
-    )
-    .map_err(|source| UpdateError::Optimizer { round, source })?;
+    let (parameters, optimizer_state) = stepped?;
 
     let next_round = round + 1;
     let mut file = TensorFile {
@@ -129,16 +125,51 @@ pub fn apply_round(
         .insert(WEIGHTS_ROUND_KEY.to_owned(), next_round.to_string());
     file.metadata
         .insert(PARENT_KEY.to_owned(), gradient.weights_sha256.to_string());
-    let weights = file.encode();
-    let state = optimizer_state.encode(&training.optimizer);
+    let ((weights, weights_sha256), (state, state_sha256)) = std::thread::scope(|scope| {
+        let state = scope.spawn(|| {
+            let state = optimizer_state.encode(&training.optimizer);
+            let sha256 = Sha256Hex::of(&state);
+            (state, sha256)
+        });
+        let weights = file.encode();
+        let sha256 = Sha256Hex::of(&weights);
+        (
+            (weights, sha256),
+            state.join().expect("encoding does not panic"),
+        )
+    });
 
     Ok(RoundUpdate {
         next_round,
-        weights_sha256: Sha256Hex::of(&weights),
+        weights_sha256,
         weights,
-        state_sha256: Sha256Hex::of(&state),
+        state_sha256,
         state,
     })
+}
+
+/// Reads the round's parameters and optimizer state and runs one optimizer step on
+/// them with `gradient`.
+fn step_parameters(
+    kernel: &Kernel,
+    training: &Training,
+    round: u32,
+    weights: &[u8],
+    state: Option<&[u8]>,
+    gradient: &ReducedGradient,
+) -> Result<(BTreeMap<String, F32Tensor>, OptimizerState), UpdateError> {
+    let names: Vec<&str> = gradient.gradients.keys().map(String::as_str).collect();
+    let mut parameters = round_parameters(kernel, training.seed, round, weights, &names)?;
+    let mut optimizer_state = previous_state(training, round, state)?;
+
+    optim::step(
+        &training.optimizer,
+        &mut parameters,
+        &gradient.gradients,
+        &mut optimizer_state,
+    )
+    .map_err(|source| UpdateError::Optimizer { round, source })?;
+    Ok((parameters, optimizer_state))
 }
 
 /// Reads the values of the parameters `names` that round `round` ran with.

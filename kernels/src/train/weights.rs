@@ -42,7 +42,17 @@ impl TrainKernel {
     /// Loads the weights file of `round`, whose bytes the caller has verified against
     /// the task's pinned SHA-256.
     pub fn load_weights(&mut self, round: u32, bytes: &[u8]) -> Result<(), TrainError> {
-        let sha256 = Sha256Hex::of(bytes);
+        self.load_verified_weights(round, bytes, Sha256Hex::of(bytes))
+    }
+
+    /// Loads the weights file of `round` whose SHA-256 the caller computed while
+    /// verifying it, which saves hashing the file twice (about 10 ms for 14 MB).
+    pub fn load_verified_weights(
+        &mut self,
+        round: u32,
+        bytes: &[u8],
+        sha256: Sha256Hex,
+    ) -> Result<(), TrainError> {
         if self.has_weights(round, &sha256) {
             return Ok(());
         }

@@ -15,8 +15,9 @@ use tracing::{debug, warn};
 
 use super::WorkerConfig;
 
-/// The task a worker holds: `(task_id, attempt)`.
-type Held = Arc<Mutex<Option<(String, u32)>>>;
+/// The tasks a worker holds, as `(task_id, attempt)`: the one its kernel computes and
+/// the one whose result is being stored.
+type Held = Arc<Mutex<Vec<(String, u32)>>>;
 
 /// Handle to the heartbeat thread.
 pub struct Heartbeats {
@@ -45,14 +46,16 @@ impl Heartbeats {
         })
     }
 
-    /// Makes the next heartbeats extend this task's lease.
+    /// Makes the next heartbeats extend this task's lease too.
     pub fn hold(&self, task_id: &str, attempt: u32) {
-        *self.held.lock().expect("heartbeat state lock") = Some((task_id.to_string(), attempt));
+        let mut held = self.held.lock().expect("heartbeat state lock");
+        held.push((task_id.to_string(), attempt));
     }
 
-    /// Stops extending the current task's lease.
-    pub fn release(&self) {
-        *self.held.lock().expect("heartbeat state lock") = None;
+    /// Stops extending this task's lease.
+    pub fn release(&self, task_id: &str, attempt: u32) {
+        let mut held = self.held.lock().expect("heartbeat state lock");
+        held.retain(|(held_id, held_attempt)| held_id != task_id || *held_attempt != attempt);
     }
 
     /// Stops the thread and waits for it.
@@ -84,7 +87,8 @@ fn beat_until_stopped(config: WorkerConfig, held: Held, stopped: mpsc::Receiver<
         }
     };
     let interval = (config.lease / 3).max(Duration::from_millis(100));
-    let mut lost_task: Option<String> = None;
+    // Tasks whose lost lease was already reported.
+    let mut lost: Vec<(String, u32)> = Vec::new();
 
     loop {
         match stopped.recv_timeout(interval) {
@@ -92,29 +96,39 @@ fn beat_until_stopped(config: WorkerConfig, held: Held, stopped: mpsc::Receiver<
             Err(RecvTimeoutError::Timeout) => {}
         }
         let current = held.lock().expect("heartbeat state lock").clone();
-        let task = current
-            .as_ref()
-            .map(|(task_id, attempt)| (task_id.as_str(), *attempt));
-        let beat = runtime.block_on(ledger.heartbeat(
-            &config.job_id,
-            &config.worker_id,
-            config.lease,
-            task,
-        ));
+        lost.retain(|task| current.contains(task));
+        if current.is_empty() {
+            beat(&runtime, &ledger, &config, None);
+        }
+        for task in current {
+            let outcome = beat(&runtime, &ledger, &config, Some((&task.0, task.1)));
+            // Warn once per task; the attempt goes on and its completion decides.
+            if outcome == Some(Heartbeat::Lost) && !lost.contains(&task) {
+                warn!(job_id = %config.job_id, task_id = %task.0, "lease lost; the result may be a duplicate");
+                lost.push(task);
+            }
+        }
+    }
+}
 
-        match beat {
-            Ok(Heartbeat::Lost) => {
-                let task_id = task.map(|(id, _)| id.to_string());
-                // Warn once per task; the attempt goes on and its completion decides.
-                if lost_task != task_id {
-                    warn!(job_id = %config.job_id, task_id = ?task_id, "lease lost; the result may be a duplicate");
-                    lost_task = task_id;
-                }
-            }
-            Ok(outcome) => debug!(job_id = %config.job_id, outcome = ?outcome, "heartbeat"),
-            Err(error) => {
-                warn!(job_id = %config.job_id, error = %error, "heartbeat failed; retrying next interval")
-            }
+/// Extends the worker's registration and the lease of `task`, if any. Returns the
+/// outcome, or `None` when the ledger could not be reached.
+fn beat(
+    runtime: &tokio::runtime::Runtime,
+    ledger: &Ledger,
+    config: &WorkerConfig,
+    task: Option<(&str, u32)>,
+) -> Option<Heartbeat> {
+    let beat =
+        runtime.block_on(ledger.heartbeat(&config.job_id, &config.worker_id, config.lease, task));
+    match beat {
+        Ok(outcome) => {
+            debug!(job_id = %config.job_id, outcome = ?outcome, "heartbeat");
+            Some(outcome)
+        }
+        Err(error) => {
+            warn!(job_id = %config.job_id, error = %error, "heartbeat failed; retrying next interval");
+            None
         }
     }
 }

@@ -1,6 +1,9 @@
 //! One task attempt: fetch and verify the shard, run the kernel, write the result
-//! create-only, write the envelope, complete the task.
+//! create-only, write the envelope, complete the task. The first two steps are
+//! [`TaskContext::compute`], the rest [`Finisher::finish`], so that a worker can
+//! store one result while its kernel computes the next.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -91,72 +94,39 @@ struct Record {
     text: String,
 }
 
-/// State kept across the tasks of one worker.
+/// State kept across the tasks of one worker: the kernel and the last shard read. It
+/// computes attempts; a [`Finisher`] stores and completes them.
 pub struct TaskContext<'a> {
     config: &'a WorkerConfig,
-    ledger: &'a Ledger,
-    manifest: &'a Manifest,
     kernel: Option<&'a mut LoadedKernel>,
     /// The last shard read, because consecutive tasks usually share a shard.
     shard_cache: Option<(Sha256Hex, Bytes)>,
 }
 
 impl<'a> TaskContext<'a> {
-    pub fn new(
-        config: &'a WorkerConfig,
-        ledger: &'a Ledger,
-        manifest: &'a Manifest,
-        kernel: Option<&'a mut LoadedKernel>,
-    ) -> Self {
+    pub fn new(config: &'a WorkerConfig, kernel: Option<&'a mut LoadedKernel>) -> Self {
         Self {
             config,
-            ledger,
-            manifest,
             kernel,
             shard_cache: None,
         }
     }
 
-    /// Runs one attempt. An error leaves reporting the failure to the caller; the
-    /// envelope of a failed attempt is written here.
-    pub async fn run(&mut self, lease: &Lease) -> Result<(), TaskError> {
+    /// Fetches the task's shard and runs the kernel on it. The result is not stored
+    /// yet: [`Finisher::finish`] does that, while this context computes the next task.
+    pub async fn compute(&mut self, lease: Lease) -> Attempt {
         let started_at = now_rfc3339();
-        let clock = Instant::now();
-        let outcome = self.execute(lease).await;
-        let runtime_secs = clock.elapsed().as_secs_f64();
-
-        let (exit_status, error) = match &outcome {
-            Ok(_) => (ExitStatus::Succeeded, None),
-            Err(error) if error.is_data_error() => {
-                (ExitStatus::DataError, Some(error_chain(error)))
-            }
-            Err(error) => (ExitStatus::Retryable, Some(error_chain(error))),
-        };
-        let written = outcome.as_ref().ok().cloned();
-        let envelope = self.envelope(
+        let started = Instant::now();
+        let outcome = self.compute_result(&lease).await;
+        Attempt {
             lease,
             started_at,
-            runtime_secs,
-            exit_status,
-            error,
-            written.as_ref(),
-        );
-        self.put_envelope(lease, &envelope).await;
-
-        let completion = match written {
-            Some(written) => Some(self.complete(lease, &written).await?),
-            None => None,
-        };
-        self.observe(lease, runtime_secs, exit_status, completion)
-            .await;
-
-        match outcome {
-            Ok(_) => Ok(()),
-            Err(error) => Err(error),
+            started,
+            outcome,
         }
     }
 
-    async fn execute(&mut self, lease: &Lease) -> Result<Written, TaskError> {
+    async fn compute_result(&mut self, lease: &Lease) -> Result<Computed, TaskError> {
         if self.kernel.is_none() {
             return Err(TaskError::ModelUnavailable);
         }
@@ -165,16 +135,13 @@ impl<'a> TaskContext<'a> {
             .await?;
         let job_id = &self.config.job_id;
 
-        let computed = match self.kernel.as_deref_mut() {
-            Some(LoadedKernel::Embed(embed)) => embed_result(embed, &shard, lease, job_id)?,
+        match self.kernel.as_deref_mut() {
+            Some(LoadedKernel::Embed(embed)) => embed_result(embed, &shard, lease, job_id),
             Some(LoadedKernel::Train(train)) => {
-                train_task::gradient_result(train, &shard, lease, job_id).await?
+                train_task::gradient_result(train, &shard, lease, job_id).await
             }
-            None => return Err(TaskError::ModelUnavailable),
-        };
-        let mut written = self.put_result(lease, computed.bytes).await?;
-        written.kernel_secs = computed.kernel_secs;
-        Ok(written)
+            None => Err(TaskError::ModelUnavailable),
+        }
     }
 
     async fn shard(&mut self, uri: &str, sha256: &Sha256Hex) -> Result<Bytes, TaskError> {
@@ -187,9 +154,138 @@ impl<'a> TaskContext<'a> {
         self.shard_cache = Some((sha256.clone(), bytes.clone()));
         Ok(bytes)
     }
+}
 
-    async fn put_result(&self, lease: &Lease, bytes: Bytes) -> Result<Written, TaskError> {
+/// A task attempt whose kernel has run (or failed), not yet stored or completed.
+pub struct Attempt {
+    lease: Lease,
+    started_at: String,
+    started: Instant,
+    outcome: Result<Computed, TaskError>,
+}
+
+impl Attempt {
+    /// When the attempt started, just after its lease.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+/// An attempt that has ended: its result and envelope are written and the ledger
+/// has its completion, or it failed.
+pub struct Finished {
+    pub lease: Lease,
+    pub runtime_secs: f64,
+    exit_status: ExitStatus,
+    completion: Option<Completion>,
+    /// Why the attempt failed; the caller reports it to the ledger.
+    pub error: Option<TaskError>,
+    started: Instant,
+    ended: Instant,
+}
+
+impl Finished {
+    /// The worker time to charge to this attempt: from its start to the start of the
+    /// worker's next attempt, or to its own end when none followed. Attempts overlap
+    /// while one is stored and the next computes, so their runtimes would count that
+    /// time twice.
+    pub fn worker_secs(&self, next_started: Option<Instant>) -> f64 {
+        charged_secs(self.started, self.ended, next_started)
+    }
+}
+
+/// Worker time of an attempt that ran from `started` to `ended` when the worker's
+/// next attempt started at `next_started`.
+fn charged_secs(started: Instant, ended: Instant, next_started: Option<Instant>) -> f64 {
+    let until = next_started.map_or(ended, |next| next.min(ended));
+    until.saturating_duration_since(started).as_secs_f64()
+}
+
+/// Stores computed attempts and completes them in the ledger. It owns what it needs,
+/// so that an attempt can be finished on a task of its own while the kernel runs the
+/// next one.
+#[derive(Clone)]
+pub struct Finisher {
+    config: Arc<WorkerConfig>,
+    ledger: Ledger,
+    manifest: Arc<Manifest>,
+}
+
+impl Finisher {
+    pub fn new(config: Arc<WorkerConfig>, ledger: Ledger, manifest: Arc<Manifest>) -> Self {
+        Self {
+            config,
+            ledger,
+            manifest,
+        }
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Writes the result create-only, then the envelope, then completes the task.
+    /// The envelope of a failed attempt is written too; reporting the failure is left
+    /// to the caller.
+    pub async fn finish(self, attempt: Attempt) -> Finished {
+        let Attempt {
+            lease,
+            started_at,
+            started,
+            outcome,
+        } = attempt;
+        let outcome = match outcome {
+            Ok(computed) => self.put_result(&lease, computed).await,
+            Err(error) => Err(error),
+        };
+        let runtime_secs = started.elapsed().as_secs_f64();
+
+        let (exit_status, reason) = match &outcome {
+            Ok(_) => (ExitStatus::Succeeded, None),
+            Err(error) if error.is_data_error() => {
+                (ExitStatus::DataError, Some(error_chain(error)))
+            }
+            Err(error) => (ExitStatus::Retryable, Some(error_chain(error))),
+        };
+        let envelope = self.envelope(
+            &lease,
+            started_at,
+            runtime_secs,
+            exit_status,
+            reason,
+            outcome.as_ref().ok(),
+        );
+        self.put_envelope(&lease, &envelope).await;
+
+        let (completion, error) = match outcome {
+            Ok(written) => match self.complete(&lease, &written).await {
+                Ok(completion) => (Some(completion), None),
+                Err(error) => (None, Some(error)),
+            },
+            Err(error) => (None, Some(error)),
+        };
+        Finished {
+            lease,
+            runtime_secs,
+            exit_status,
+            completion,
+            error,
+            started,
+            ended: Instant::now(),
+        }
+    }
+
+    async fn put_result(&self, lease: &Lease, computed: Computed) -> Result<Written, TaskError> {
         let uri = layout::result_uri(&self.manifest.output, &self.config.job_id, &lease.task_id);
+        let bytes = computed.bytes;
         let outcome = store::put_create(&uri, bytes.clone()).await?;
 
         // Another attempt wrote the result first; its bytes are what the job keeps.
@@ -201,7 +297,7 @@ impl<'a> TaskContext<'a> {
             uri,
             sha256: Sha256Hex::of(&stored),
             existed: outcome == PutOutcome::AlreadyExisted,
-            kernel_secs: 0.0,
+            kernel_secs: computed.kernel_secs,
         })
     }
 
@@ -236,7 +332,7 @@ impl<'a> TaskContext<'a> {
             sha256: lease.spec.shard.sha256.clone(),
         }];
         let round = lease.spec.round.as_ref();
-        let identity = run_identity(self.manifest, &self.config.gpu_sku, data, round);
+        let identity = run_identity(&self.manifest, &self.config.gpu_sku, data, round);
 
         TaskEnvelope {
             job_id: self.config.job_id.clone(),
@@ -274,16 +370,15 @@ impl<'a> TaskContext<'a> {
         }
     }
 
-    async fn observe(
-        &self,
-        lease: &Lease,
-        runtime_secs: f64,
-        status: ExitStatus,
-        completion: Option<Completion>,
-    ) {
-        let outcome = match (status, completion) {
+    /// Records a finished attempt's observation and the worker time it used. An
+    /// attempt whose completion failed in the ledger records nothing, as the ledger
+    /// is out of reach.
+    pub async fn observe(&self, finished: &Finished, worker_secs: f64) {
+        let lease = &finished.lease;
+        let outcome = match (finished.exit_status, finished.completion) {
             (_, Some(Completion::Duplicate)) => "duplicate",
-            (ExitStatus::Succeeded, _) => "succeeded",
+            (ExitStatus::Succeeded, Some(_)) => "succeeded",
+            (ExitStatus::Succeeded, None) => return,
             (ExitStatus::DataError, _) => "data_error",
             (ExitStatus::Retryable, _) => "retryable",
         };
@@ -291,7 +386,8 @@ impl<'a> TaskContext<'a> {
             kernel: self.manifest.kernel.name().to_string(),
             backend: self.config.backend.clone(),
             outcome: outcome.to_string(),
-            runtime_secs,
+            runtime_secs: finished.runtime_secs,
+            worker_secs: Some(worker_secs),
             wait_secs: (lease.leased_at_ms - lease.queued_at_ms).max(0) as f64 / 1000.0,
             gpu_sku: self.config.gpu_sku.clone(),
             gpus: self.manifest.gpus_per_worker,
@@ -301,7 +397,7 @@ impl<'a> TaskContext<'a> {
             backend: self.config.backend.clone(),
             gpu_sku: self.config.gpu_sku.clone(),
             gpus_per_worker: self.manifest.gpus_per_worker,
-            worker_secs: runtime_secs,
+            worker_secs,
         };
         if let Err(error) = self.ledger.record_usage(&self.config.job_id, &usage).await {
             warn!(job_id = %self.config.job_id, error = %error, "failed to record a task's usage; the job's cost will be low by this attempt");
@@ -461,6 +557,20 @@ mod tests {
     use super::*;
 
     const SHARD: &[u8] = b"{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"b\",\"text\":\"y\"}\n{\"id\":\"c\",\"text\":\"z\"}\n";
+
+    #[test]
+    fn overlapping_attempts_are_charged_once() {
+        let start = Instant::now();
+        let at = |millis| start + std::time::Duration::from_millis(millis);
+
+        // Stored while the next attempt computed: charged until the next one started.
+        let first = charged_secs(at(0), at(150), Some(at(100)));
+        let second = charged_secs(at(100), at(260), None);
+        assert!((first + second - 0.26).abs() < 1e-9, "{first} + {second}");
+
+        // Stored before the next attempt started: charged until its own end.
+        assert!((charged_secs(at(0), at(80), Some(at(100))) - 0.08).abs() < 1e-9);
+    }
 
     #[test]
     fn select_records_takes_the_range() {

@@ -91,7 +91,7 @@ async fn use_round_weights(
 
     debug!(job_id, task_id, round = round.round, uri = %round.weights_uri, "fetching the round's weights");
     let bytes = store::get_verified(&round.weights_uri, &round.weights_sha256).await?;
-    kernel.load_weights(round.round, &bytes)?;
+    kernel.load_verified_weights(round.round, &bytes, round.weights_sha256.clone())?;
     Ok(())
 }
 
