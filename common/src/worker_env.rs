@@ -26,3 +26,10 @@ pub const THREADS: &str = "SPILLWAY_THREADS";
 pub const ROUND_WAIT_SECS: &str = "SPILLWAY_ROUND_WAIT_SECS";
 /// GPU model name reported in envelopes; `cpu` when the worker runs without a GPU.
 pub const GPU_SKU: &str = "SPILLWAY_GPU_SKU";
+
+/// Returns the id a worker registers and leases under. A backend that starts the
+/// process itself builds the same id from the process id, to find the worker's leases
+/// after the process exits.
+pub fn worker_id(backend: &str, array_id: &str, array_index: u32, host: &str, pid: u32) -> String {
+    format!("{backend}-{array_id}-{array_index}-{host}-{pid}")
+}

@@ -47,6 +47,10 @@ const ROUND_LOCK: Duration = Duration::from_secs(20);
 /// Shortest wait between passes worth a blocking pop; a pass due sooner runs at once.
 const MIN_WAIT: Duration = Duration::from_millis(10);
 
+/// Redis checks the timeouts of blocked clients on its timer, 10 times a second by
+/// default (`hz`), so a blocking pop can end up to this much after its timeout.
+const REDIS_TICK: Duration = Duration::from_millis(100);
+
 /// Settings that a reload changes while the loop runs.
 #[derive(Debug, Clone)]
 pub struct Tunables {
@@ -152,19 +156,32 @@ impl Reconciler {
             .max_sleep()
             .map_or(interval, |max| interval.min(max));
         // The wait for a wake is itself the sleep between passes. Racing it against a
-        // timer would drop a blocking pop that Redis had already answered, and so lose
-        // the wake, and its job would wait for the next pass.
+        // timer would drop a blocking pop whose reply Redis had already sent, and so
+        // lose the wake, and its job would wait for the next pass. Redis ends a blocking
+        // pop on its timer tick, up to 100 ms after the timeout, so the pop stops a
+        // tick early and a plain sleep waits out the rest.
         let mut next_pass = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             let left = next_pass.saturating_duration_since(tokio::time::Instant::now());
             if left >= MIN_WAIT {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    woken = wait_wake(self.waker.as_ref(), left) => match woken {
-                        Some(job_id) => debug!(job_id, "woken: a job's last task completed"),
-                        // Waited up to the pass, or less when the wait was capped.
-                        None => continue,
-                    }
+                let waker = self
+                    .waker
+                    .as_ref()
+                    .filter(|_| left >= REDIS_TICK + MIN_WAIT);
+                let woken = match waker {
+                    Some(waker) => tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        woken = wait_wake(waker, left - REDIS_TICK) => woken,
+                    },
+                    None => tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(left) => None,
+                    },
+                };
+                match woken {
+                    Some(job_id) => debug!(job_id, "woken: a job's last task completed"),
+                    // Waited up to the pass, or less when the wait was capped.
+                    None => continue,
                 }
             }
             next_pass = tokio::time::Instant::now() + interval;
@@ -180,6 +197,7 @@ impl Reconciler {
     pub async fn pass(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let tunables = self.tunables.borrow().clone();
         self.drain_observations(&tunables).await?;
+        self.end_lost_leases().await;
 
         let mut jobs = Vec::new();
         for job_id in self.ledger.active_jobs().await? {
@@ -222,6 +240,28 @@ impl Reconciler {
         }
         self.export_counts(&jobs).await;
         Ok(())
+    }
+
+    /// Ends the leases of workers that a backend saw exit with a failure, so that this
+    /// pass's reap queues their tasks again now rather than at the lease deadline.
+    async fn end_lost_leases(&self) {
+        for backend in &self.backends {
+            for lost in backend.take_lost().await {
+                let ended = self
+                    .ledger
+                    .end_worker_leases(&lost.job_id, &lost.worker_id, &lost.reason)
+                    .await;
+                match ended {
+                    Ok(0) => {}
+                    Ok(leases) => {
+                        warn!(job_id = %lost.job_id, worker_id = %lost.worker_id, leases, "a worker exited holding leases; its tasks are queued again now")
+                    }
+                    Err(error) => {
+                        warn!(job_id = %lost.job_id, worker_id = %lost.worker_id, error = %error_chain(&error), "failed to end an exited worker's leases; they expire at their deadline")
+                    }
+                }
+            }
+        }
     }
 
     /// Reaps, reduces, cancels or finishes one job as its state requires, and returns
@@ -765,13 +805,8 @@ fn utc_day(unix_secs: f64) -> String {
     )
 }
 
-/// Waits for a wake on `waker` for up to `timeout`, or sleeps that long without a
-/// waker. Returns the woken job.
-async fn wait_wake(waker: Option<&Ledger>, timeout: Duration) -> Option<String> {
-    let Some(waker) = waker else {
-        tokio::time::sleep(timeout).await;
-        return None;
-    };
+/// Waits for a wake on `waker` for up to `timeout`. Returns the woken job.
+async fn wait_wake(waker: &Ledger, timeout: Duration) -> Option<String> {
     // Under the connection's 10 s response timeout; a longer wait ends early and
     // the loop runs a pass sooner.
     let timeout = timeout.min(Duration::from_secs(5));

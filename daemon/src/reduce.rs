@@ -173,6 +173,7 @@ pub async fn conclude(
         "artefact_sha256": envelope.artefact_sha256,
         "envelope_uri": envelope_uri,
         "failed_tasks": envelope.failed_tasks.len(),
+        "first_failure": envelope.failed_tasks.first(),
         "rounds": envelope.training.as_ref().map(|training| training.rounds.len()),
     });
     let artefact_uri = envelope.artefact_uri.clone();

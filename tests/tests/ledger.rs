@@ -93,6 +93,49 @@ async fn lease_complete_and_duplicate() {
 }
 
 #[tokio::test]
+async fn exited_worker_leases_end_before_their_deadline() {
+    let redis = RedisServer::start().unwrap();
+    let ledger = Ledger::connect(&redis.url(), "t").await.unwrap();
+    let id = admitted_job(&ledger, 2).await;
+    let long = Duration::from_secs(600);
+
+    // w1 holds two leases, as a worker does while it stores one result and computes
+    // the next task; w2 holds one.
+    let first = ledger.lease(&id, "w1", long).await.unwrap().unwrap();
+    let second = ledger.lease(&id, "w1", long).await.unwrap().unwrap();
+    let other = ledger.lease(&id, "w2", long).await.unwrap().unwrap();
+
+    let reason = "worker w1 exited with signal: 9 (SIGKILL)";
+    assert_eq!(
+        ledger.end_worker_leases(&id, "w1", reason).await.unwrap(),
+        2
+    );
+    let report = ledger.reap(&id, 100).await.unwrap();
+    assert_eq!((report.expired, report.requeued), (2, 2));
+    // Ending them again finds nothing: the tasks are queued.
+    assert_eq!(
+        ledger.end_worker_leases(&id, "w1", reason).await.unwrap(),
+        0
+    );
+
+    let tasks = ledger.tasks(&id, 4).await.unwrap();
+    for task in &tasks {
+        let task_id = &task.spec.task_id;
+        if task_id == &first.task_id || task_id == &second.task_id {
+            assert_eq!(task.state, "queued", "{task:?}");
+            let why = task.reason.clone().unwrap_or_default();
+            assert_eq!(why, format!("{reason} on attempt 1"));
+        }
+        if task_id == &other.task_id {
+            assert_eq!(task.state, "leased", "w2 keeps its lease: {task:?}");
+        }
+    }
+    let job = ledger.job(&id).await.unwrap().unwrap();
+    assert_eq!(job.lease_expiries, 2);
+    assert_eq!(job.retries, 2);
+}
+
+#[tokio::test]
 async fn expired_lease_is_requeued_then_dead() {
     let redis = RedisServer::start().unwrap();
     let ledger = Ledger::connect(&redis.url(), "t").await.unwrap();

@@ -151,4 +151,19 @@ async fn sha_mismatch_fails_task_without_retry() {
     let envelope = read_envelope(&output, &job_id);
     assert_eq!(envelope.failed_tasks.len(), 1);
     assert!(!output.join(&job_id).join("embeddings.safetensors").exists());
+
+    // `spillway status` says why the job failed.
+    let status = std::process::Command::new(spillway_tests::binary("spillway"))
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .args(["status", &job_id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    let failure = text
+        .lines()
+        .find(|line| line.starts_with("failure"))
+        .unwrap_or_else(|| panic!("no failure line in:\n{text}"));
+    assert!(failure.contains("t000001 failed"), "{failure}");
+    assert!(failure.contains("SHA-256 mismatch"), "{failure}");
 }

@@ -234,7 +234,7 @@ pub struct UsageEntry {
     pub backend: String,
     pub gpu_sku: String,
     pub gpus_per_worker: u32,
-    /// Task runtime summed over attempts, in seconds.
+    /// Worker time summed over attempts, in seconds; see [`TaskObservation::worker_secs`].
     pub worker_secs: f64,
 }
 
@@ -663,6 +663,28 @@ impl Ledger {
             job_id: job_id.to_string(),
             detail: error.to_string(),
         })
+    }
+
+    /// Ends the leases that `worker_id` holds on the job's tasks, because its backend
+    /// saw the worker exit: the next [`Ledger::reap`] queues those tasks again (or
+    /// marks them dead) with `reason`, instead of waiting for their deadline. Returns
+    /// the number of leases ended.
+    pub async fn end_worker_leases(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        reason: &str,
+    ) -> Result<u64, LedgerError> {
+        let mut conn = self.conn.clone();
+        scripts::END_WORKER_LEASES
+            .key(self.keys.job(job_id))
+            .key(self.keys.leases(job_id))
+            .key(self.keys.workers(job_id))
+            .arg(worker_id)
+            .arg(reason)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|source| self.redis_error("end_worker_leases", job_id, source))
     }
 
     /// Records a reduced job's final state, moves it to the finished index and returns

@@ -21,6 +21,8 @@ pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua
 pub static COMPLETE: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/complete.lua")));
 pub static FAIL: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/fail.lua")));
 pub static REAP: LazyLock<Script> = LazyLock::new(|| load(include_str!("lua/reap.lua")));
+pub static END_WORKER_LEASES: LazyLock<Script> =
+    LazyLock::new(|| load(include_str!("lua/end_worker_leases.lua")));
 pub static CANCEL_JOB: LazyLock<Script> =
     LazyLock::new(|| load(include_str!("lua/cancel_job.lua")));
 pub static FINISH_JOB: LazyLock<Script> =

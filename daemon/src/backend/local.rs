@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::{Backend, BackendError, LaunchRequest};
+use super::{Backend, BackendError, LaunchRequest, LostWorker};
 use crate::config::LocalBackendConfig;
 
 /// Ledger address that workers receive.
@@ -46,11 +46,19 @@ pub struct Settings {
     pub lease_secs: u64,
 }
 
+/// A worker process and the id it leases under.
+struct Worker {
+    child: Child,
+    worker_id: String,
+}
+
 #[derive(Default)]
 struct State {
-    children: HashMap<String, Vec<Child>>,
+    children: HashMap<String, Vec<Worker>>,
     /// Failed exits in a row per job; a clean exit resets it.
     failed_exits: HashMap<String, u32>,
+    /// Workers that exited with a failure, until `take_lost` hands them over.
+    lost: Vec<LostWorker>,
     /// Next array index per job, so indexes stay unique when workers are added.
     next_index: HashMap<String, u32>,
     launches: u64,
@@ -195,11 +203,14 @@ impl Backend for LocalBackend {
                 .and_then(|mut command| command.spawn());
             match spawned {
                 Ok(child) => {
+                    let pid = child.id().unwrap_or_default();
+                    let host = spillway_common::process::hostname();
+                    let worker_id = env::worker_id("local", &launch_id, index, &host, pid);
                     state
                         .children
                         .entry(request.job_id.to_string())
                         .or_default()
-                        .push(child);
+                        .push(Worker { child, worker_id });
                     started += 1;
                 }
                 Err(source) => {
@@ -237,21 +248,33 @@ impl Backend for LocalBackend {
             .map(|children| children.len() as u32)
             .sum()
     }
+
+    async fn take_lost(&self) -> Vec<LostWorker> {
+        let mut state = self.state.lock().await;
+        state.reap_exited();
+        std::mem::take(&mut state.lost)
+    }
 }
 
 impl State {
-    /// Forgets exited workers, logging and counting the ones that failed.
+    /// Forgets exited workers, logging and counting the ones that failed, and keeps
+    /// those for `take_lost`.
     fn reap_exited(&mut self) {
         for (job_id, children) in self.children.iter_mut() {
-            children.retain_mut(|child| match child.try_wait() {
+            children.retain_mut(|Worker { child, worker_id }| match child.try_wait() {
                 Ok(None) => true,
                 Ok(Some(status)) if status.success() => {
                     self.failed_exits.remove(job_id);
                     false
                 }
                 Ok(Some(status)) => {
-                    warn!(job_id, backend = "local", status = %status, "worker exited with an error");
+                    warn!(job_id, backend = "local", worker_id = %worker_id, status = %status, "worker exited with an error");
                     *self.failed_exits.entry(job_id.clone()).or_default() += 1;
+                    self.lost.push(LostWorker {
+                        job_id: job_id.clone(),
+                        worker_id: worker_id.clone(),
+                        reason: format!("worker {worker_id} exited with {status}"),
+                    });
                     false
                 }
                 Err(error) => {

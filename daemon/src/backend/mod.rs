@@ -34,6 +34,16 @@ pub struct LaunchRequest<'a> {
     pub target: &'a str,
 }
 
+/// A worker that exited with a failure, as its backend saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostWorker {
+    pub job_id: String,
+    pub worker_id: String,
+    /// The end of the process, such as `worker local-7-1-node-4242 exited with
+    /// signal: 9 (SIGKILL)`.
+    pub reason: String,
+}
+
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
     /// `local`, `slurm` or `batch`, as in metrics and worker ids.
@@ -62,6 +72,13 @@ pub trait Backend: Send + Sync {
     /// that `running` answers from one poll instead of one request per job.
     async fn refresh(&self, _running_jobs: &[String]) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    /// Takes the workers seen to exit with a failure since the last call, so that
+    /// their leases end now instead of at their deadline. A backend that cannot see a
+    /// worker's exit returns none, and the leases expire as usual.
+    async fn take_lost(&self) -> Vec<LostWorker> {
+        Vec::new()
     }
 
     /// Ends what is left of a finished job's workers, such as pending array elements.

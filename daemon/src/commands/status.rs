@@ -6,7 +6,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use spillway_common::ledger::{JobRecord, Ledger};
 
-use spillway_common::envelope::JobCost;
+use spillway_common::envelope::{FailedTask, JobCost};
 
 use super::output::{OutputFormat, print_json};
 use crate::cost::PriceTable;
@@ -173,6 +173,28 @@ fn print_job(job: &JobRecord, cost: &JobCost) {
     if let Some(uri) = &job.artefact_uri {
         println!("artefact   {uri}");
     }
+    if let Some(failure) = first_failure(job) {
+        println!("failure    {failure}");
+    }
+}
+
+/// Describes why a failed job failed: the first failed task (or round) and its
+/// reason, from the summary the daemon wrote when the job finished.
+fn first_failure(job: &JobRecord) -> Option<String> {
+    let summary: serde_json::Value = serde_json::from_str(job.summary.as_deref()?).ok()?;
+    let failure: FailedTask = serde_json::from_value(summary.get("first_failure")?.clone()).ok()?;
+    let count = summary["failed_tasks"].as_u64().unwrap_or(1);
+    let more = match count {
+        0 | 1 => String::new(),
+        count => format!(
+            "; `spillway results {}` lists all {count} failed tasks",
+            job.job_id
+        ),
+    };
+    Some(format!(
+        "{} {}: {}{more}",
+        failure.task_id, failure.state, failure.reason
+    ))
 }
 
 async fn list(ledger: &Ledger, output: OutputFormat) -> anyhow::Result<()> {
@@ -211,4 +233,45 @@ async fn list(ledger: &Ledger, output: OutputFormat) -> anyhow::Result<()> {
 fn without_manifest(mut job: JobRecord) -> JobRecord {
     job.manifest_json.clear();
     job
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_job(summary: serde_json::Value) -> JobRecord {
+        JobRecord {
+            job_id: "j-1".into(),
+            state: "failed".into(),
+            summary: Some(summary.to_string()),
+            ..JobRecord::default()
+        }
+    }
+
+    #[test]
+    fn failure_names_the_first_failed_task() {
+        let job = failed_job(serde_json::json!({
+            "failed_tasks": 3,
+            "first_failure": {"task_id": "t000002", "state": "dead", "reason": "kernel failed"},
+        }));
+
+        let failure = first_failure(&job).unwrap();
+
+        assert!(
+            failure.starts_with("t000002 dead: kernel failed"),
+            "{failure}"
+        );
+        assert!(
+            failure.contains("`spillway results j-1` lists all 3"),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn no_failure_without_one_in_the_summary() {
+        let older = failed_job(serde_json::json!({"failed_tasks": 0}));
+        assert_eq!(first_failure(&older), None);
+        let unfinished = JobRecord::default();
+        assert_eq!(first_failure(&unfinished), None);
+    }
 }

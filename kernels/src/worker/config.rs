@@ -54,10 +54,7 @@ impl WorkerConfig {
         }
 
         let host = spillway_common::process::hostname();
-        let worker_id = format!(
-            "{backend}-{array_id}-{array_index}-{host}-{}",
-            std::process::id()
-        );
+        let worker_id = env::worker_id(&backend, &array_id, array_index, &host, std::process::id());
 
         Ok(Self {
             job_id,

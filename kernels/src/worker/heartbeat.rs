@@ -19,6 +19,20 @@ use super::WorkerConfig;
 /// the one whose result is being stored.
 type Held = Arc<Mutex<Vec<(String, u32)>>>;
 
+/// A handle to the held leases that a task finishing on its own can keep, to stop
+/// the heartbeats of its lease the moment the ledger has its completion.
+#[derive(Clone)]
+pub struct HeldLeases(Held);
+
+impl HeldLeases {
+    /// Stops extending this task's lease. A heartbeat for a completed task would find
+    /// it no longer leased and warn of a lost lease.
+    pub fn release(&self, task_id: &str, attempt: u32) {
+        let mut held = self.0.lock().expect("heartbeat state lock");
+        held.retain(|(held_id, held_attempt)| held_id != task_id || *held_attempt != attempt);
+    }
+}
+
 /// Handle to the heartbeat thread.
 pub struct Heartbeats {
     held: Held,
@@ -52,10 +66,9 @@ impl Heartbeats {
         held.push((task_id.to_string(), attempt));
     }
 
-    /// Stops extending this task's lease.
-    pub fn release(&self, task_id: &str, attempt: u32) {
-        let mut held = self.held.lock().expect("heartbeat state lock");
-        held.retain(|(held_id, held_attempt)| held_id != task_id || *held_attempt != attempt);
+    /// Returns a handle that releases held leases.
+    pub fn leases(&self) -> HeldLeases {
+        HeldLeases(self.held.clone())
     }
 
     /// Stops the thread and waits for it.

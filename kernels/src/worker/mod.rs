@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::embed::EmbedModel;
 use crate::train::TrainKernel;
-use heartbeat::Heartbeats;
+use heartbeat::{Heartbeats, HeldLeases};
 use task::{Attempt, Finished, Finisher, TaskContext, TaskError};
 
 /// Exit code when the worker binary does not match the digest the job is pinned to.
@@ -131,13 +131,22 @@ async fn run_tasks(
 
     let mut waiting = RoundWait::new(config, manifest);
     while !stop.load(Ordering::Relaxed) {
-        let Some(lease) = ledger
+        let leased = ledger
             .lease(&config.job_id, &config.worker_id, config.lease)
-            .await?
-        else {
+            .await;
+        let leased = match leased {
+            Ok(leased) => leased,
+            Err(error) => {
+                // Let the result in flight finish before the worker gives up, so
+                // that its task need not wait for its lease to expire.
+                let _ = settle(&finisher, in_flight.take(), None).await;
+                return Err(error.into());
+            }
+        };
+        let Some(lease) = leased else {
             // The held result may be the round's last; the round cannot end before
             // it is completed.
-            settle(&finisher, heartbeats, in_flight.take(), None).await?;
+            settle(&finisher, in_flight.take(), None).await?;
             if waiting.next_round(ledger, &config.job_id, stop).await? {
                 continue;
             }
@@ -148,11 +157,11 @@ async fn run_tasks(
 
         let attempt = context.compute(lease).await;
         let started = attempt.started();
-        settle(&finisher, heartbeats, in_flight.take(), Some(started)).await?;
-        in_flight = Some(InFlight::spawn(&finisher, attempt));
+        settle(&finisher, in_flight.take(), Some(started)).await?;
+        in_flight = Some(InFlight::spawn(&finisher, heartbeats.leases(), attempt));
         tasks_run += 1;
     }
-    settle(&finisher, heartbeats, in_flight.take(), None).await?;
+    settle(&finisher, in_flight.take(), None).await?;
 
     info!(
         job_id = %config.job_id,
@@ -219,41 +228,62 @@ impl RoundWait {
     }
 }
 
-/// An attempt being stored and completed on a task of its own.
+/// An attempt being stored and completed, or its failure reported, on a task of its
+/// own. That task stops the attempt's heartbeats once the ledger has its outcome.
 struct InFlight {
     task_id: String,
     attempt: u32,
-    handle: tokio::task::JoinHandle<Finished>,
+    leases: HeldLeases,
+    handle: tokio::task::JoinHandle<(Finished, anyhow::Result<()>)>,
 }
 
 impl InFlight {
-    fn spawn(finisher: &Finisher, attempt: Attempt) -> Self {
+    fn spawn(finisher: &Finisher, leases: HeldLeases, attempt: Attempt) -> Self {
+        let task_id = attempt.lease().task_id.clone();
+        let attempt_number = attempt.lease().attempt;
+        let finisher = finisher.clone();
+        let task_leases = leases.clone();
+        let handle = tokio::spawn(async move {
+            let finished = finisher.clone().finish(attempt).await;
+            let lease = &finished.lease;
+            let reported = match &finished.error {
+                Some(error) => {
+                    let (config, ledger) = (finisher.config(), finisher.ledger());
+                    report_failure(config, ledger, &lease.task_id, lease.attempt, error).await
+                }
+                None => Ok(()),
+            };
+            task_leases.release(&lease.task_id, lease.attempt);
+            (finished, reported)
+        });
         Self {
-            task_id: attempt.lease().task_id.clone(),
-            attempt: attempt.lease().attempt,
-            handle: tokio::spawn(finisher.clone().finish(attempt)),
+            task_id,
+            attempt: attempt_number,
+            leases,
+            handle,
         }
     }
 }
 
-/// Waits for the attempt in flight, if any, records its usage and observation and
-/// reports its failure. `next_started` is when the worker's next attempt started,
-/// which ends the worker time charged to this one.
+/// Waits for the attempt in flight, if any, and records its usage and observation.
+/// `next_started` is when the worker's next attempt started, which ends the worker
+/// time charged to this one. Returns the error of a failure that could not be
+/// reported.
 async fn settle(
     finisher: &Finisher,
-    heartbeats: &Heartbeats,
     in_flight: Option<InFlight>,
     next_started: Option<std::time::Instant>,
 ) -> anyhow::Result<()> {
     let Some(in_flight) = in_flight else {
         return Ok(());
     };
-    let joined = in_flight.handle.await;
-    heartbeats.release(&in_flight.task_id, in_flight.attempt);
-    let finished = match joined {
-        Ok(finished) => finished,
+    let (finished, reported) = match in_flight.handle.await {
+        Ok(joined) => joined,
         Err(error) => {
-            // The lease expires and the task is retried.
+            // Without heartbeats the lease expires, and the task is retried.
+            in_flight
+                .leases
+                .release(&in_flight.task_id, in_flight.attempt);
             error!(task_id = %in_flight.task_id, error = %error, "storing a task's result panicked");
             return Ok(());
         }
@@ -261,18 +291,7 @@ async fn settle(
     finisher
         .observe(&finished, finished.worker_secs(next_started))
         .await;
-    if let Some(error) = &finished.error {
-        let lease = &finished.lease;
-        report_failure(
-            finisher.config(),
-            finisher.ledger(),
-            &lease.task_id,
-            lease.attempt,
-            error,
-        )
-        .await?;
-    }
-    Ok(())
+    reported
 }
 
 async fn report_failure(
