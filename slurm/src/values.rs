@@ -346,7 +346,7 @@ pub fn count_gpus(text: &str) -> Option<u64> {
                 None => continue,
             },
         };
-        let Ok(count) = count.parse::<u64>() else {
+        let Some(count) = parse_count(count) else {
             continue;
         };
         let slot = match name.split(':').collect::<Vec<_>>().as_slice() {
@@ -357,6 +357,21 @@ pub fn count_gpus(text: &str) -> Option<u64> {
         *slot = Some(slot.unwrap_or(0) + count);
     }
     untyped.or(typed)
+}
+
+/// Parses a count as Slurm prints it: digits, or digits with a binary unit suffix,
+/// such as `1K` for 1024 GPUs in a large partition's gres.
+fn parse_count(text: &str) -> Option<u64> {
+    let exponent = match text.chars().last()? {
+        'K' => 1,
+        'M' => 2,
+        'G' => 3,
+        'T' => 4,
+        'P' => 5,
+        _ => return text.parse().ok(),
+    };
+    let digits: u64 = text[..text.len() - 1].parse().ok()?;
+    digits.checked_mul(1024u64.checked_pow(exponent)?)
 }
 
 /// Removes a suffix such as `(S:0-1)` or `(IDX:0,2)`; a type `(null)` inside stays.
@@ -559,6 +574,10 @@ mod tests {
             ("gpu:0", Some(0)),
             ("gpu:a100:2(S:0-1),gpu:v100:2", Some(4)),
             ("gpu:a100:2(IDX:0,2)", Some(2)),
+            ("gpu:1K", Some(1024)),
+            ("gpu:h100:2K(S:0-1)", Some(2048)),
+            ("cpu=32,gres/gpu=1K", Some(1024)),
+            ("gpu:1X", None),
             ("gpu:(null):0(IDX:N/A)", Some(0)),
             ("cpu=32,mem=1M,gres/gpu=4", Some(4)),
             ("cpu=32,gres/gpu=4,gres/gpu:a100=4", Some(4)),
