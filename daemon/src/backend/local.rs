@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use spillway_common::digest::Sha256Hex;
 use spillway_common::manifest::Manifest;
@@ -33,10 +34,23 @@ pub struct LocalBackend {
     state: Mutex<State>,
 }
 
-/// Failed worker exits in a row after which a job gets no more local workers, so a
-/// job whose workers cannot start (a replaced binary, a broken install) does not
-/// restart them forever. A daemon restart clears the count.
+/// Failed worker exits in a row after which a job's local workers start only after a
+/// pause. A job whose workers cannot start (a replaced binary, a broken install) then
+/// does not restart them in a tight loop, and a job whose workers were killed still
+/// goes on. A clean exit or a daemon restart clears the count.
 const MAX_FAILED_EXITS: u32 = 5;
+
+/// The pause after `MAX_FAILED_EXITS` failed exits in a row; it doubles with each
+/// further failed exit, up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_secs(30);
+const MAX_PAUSE: Duration = Duration::from_secs(600);
+
+/// Returns how long a job waits for its next local worker after `failed_exits`
+/// failed exits in a row, or `None` while it has had fewer than the limit.
+fn pause_after(failed_exits: u32) -> Option<Duration> {
+    let doublings = failed_exits.checked_sub(MAX_FAILED_EXITS)?.min(8);
+    Some((FIRST_PAUSE * 2u32.pow(doublings)).min(MAX_PAUSE))
+}
 
 /// Settings applied to workers started after a reload; running workers keep theirs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +71,8 @@ struct State {
     children: HashMap<String, Vec<Worker>>,
     /// Failed exits in a row per job; a clean exit resets it.
     failed_exits: HashMap<String, u32>,
+    /// When a job whose workers kept failing may start one again.
+    paused_until: HashMap<String, Instant>,
     /// Workers that exited with a failure, until `take_lost` hands them over.
     lost: Vec<LostWorker>,
     /// Next array index per job, so indexes stay unique when workers are added.
@@ -179,14 +195,18 @@ impl Backend for LocalBackend {
     async fn launch(&self, request: LaunchRequest<'_>) -> Result<u32, BackendError> {
         let mut state = self.state.lock().await;
         let failed_exits = state.failed_exits.get(request.job_id).copied().unwrap_or(0);
-        if failed_exits >= MAX_FAILED_EXITS {
+        let now = Instant::now();
+        if let Some(&until) = state.paused_until.get(request.job_id)
+            && until > now
+        {
             return Err(BackendError {
                 backend: "local",
                 operation: "start workers",
                 job_id: request.job_id.to_string(),
                 source: format!(
-                    "its last {failed_exits} workers exited with an error, so no more are started; \
-                     read the worker logs in {} and restart the daemon after fixing the cause",
+                    "its last {failed_exits} workers exited with an error, so the next starts in \
+                     {} s; read the worker logs in {}",
+                    (until - now).as_secs() + 1,
                     self.config.log_dir.display()
                 )
                 .into(),
@@ -265,11 +285,18 @@ impl State {
                 Ok(None) => true,
                 Ok(Some(status)) if status.success() => {
                     self.failed_exits.remove(job_id);
+                    self.paused_until.remove(job_id);
                     false
                 }
                 Ok(Some(status)) => {
                     warn!(job_id, backend = "local", worker_id = %worker_id, status = %status, "worker exited with an error");
-                    *self.failed_exits.entry(job_id.clone()).or_default() += 1;
+                    let failed_exits = self.failed_exits.entry(job_id.clone()).or_default();
+                    *failed_exits += 1;
+                    if let Some(pause) = pause_after(*failed_exits) {
+                        warn!(job_id, backend = "local", failed_exits = *failed_exits, pause_secs = pause.as_secs(), "workers keep exiting with an error; the next starts after a pause");
+                        self.paused_until
+                            .insert(job_id.clone(), Instant::now() + pause);
+                    }
                     self.lost.push(LostWorker {
                         job_id: job_id.clone(),
                         worker_id: worker_id.clone(),
@@ -284,5 +311,21 @@ impl State {
             });
         }
         self.children.retain(|_, children| !children.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_after_doubles_to_cap() {
+        assert_eq!(pause_after(0), None);
+        assert_eq!(pause_after(MAX_FAILED_EXITS - 1), None);
+        let pauses: Vec<u64> = (MAX_FAILED_EXITS..MAX_FAILED_EXITS + 7)
+            .map(|failed| pause_after(failed).unwrap().as_secs())
+            .collect();
+        assert_eq!(pauses, [30, 60, 120, 240, 480, 600, 600]);
+        assert_eq!(pause_after(u32::MAX), Some(MAX_PAUSE));
     }
 }
