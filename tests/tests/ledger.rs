@@ -123,8 +123,8 @@ async fn exited_worker_leases_end_before_their_deadline() {
         let task_id = &task.spec.task_id;
         if task_id == &first.task_id || task_id == &second.task_id {
             assert_eq!(task.state, "queued", "{task:?}");
-            let why = task.reason.clone().unwrap_or_default();
-            assert_eq!(why, format!("{reason} on attempt 1"));
+            let reason_found = task.reason.clone().unwrap_or_default();
+            assert_eq!(reason_found, format!("{reason} on attempt 1"));
         }
         if task_id == &other.task_id {
             assert_eq!(task.state, "leased", "w2 keeps its lease: {task:?}");

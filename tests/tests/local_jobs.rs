@@ -152,7 +152,7 @@ async fn sha_mismatch_fails_task_without_retry() {
     assert_eq!(envelope.failed_tasks.len(), 1);
     assert!(!output.join(&job_id).join("embeddings.safetensors").exists());
 
-    // `spillway status` says why the job failed.
+    // `spillway status` prints the reason the job failed.
     let status = std::process::Command::new(spillway_tests::binary("spillway"))
         .arg("--config")
         .arg(&daemon.config_path)

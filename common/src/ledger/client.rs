@@ -234,7 +234,8 @@ pub struct UsageEntry {
     pub backend: String,
     pub gpu_sku: String,
     pub gpus_per_worker: u32,
-    /// Worker time summed over attempts, in seconds; see [`TaskObservation::worker_secs`].
+    /// Worker time summed over attempts, in seconds, as [`TaskObservation::worker_secs`]
+    /// defines it.
     pub worker_secs: f64,
 }
 
@@ -665,7 +666,7 @@ impl Ledger {
         })
     }
 
-    /// Ends the leases that `worker_id` holds on the job's tasks, because its backend
+    /// Ends the leases that `worker_id` has on the job's tasks, because its backend
     /// saw the worker exit: the next [`Ledger::reap`] queues those tasks again (or
     /// marks them dead) with `reason`, instead of waiting for their deadline. Returns
     /// the number of leases ended.

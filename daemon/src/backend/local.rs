@@ -40,7 +40,7 @@ pub struct LocalBackend {
 /// goes on. A clean exit or a daemon restart clears the count.
 const MAX_FAILED_EXITS: u32 = 5;
 
-/// The pause after `MAX_FAILED_EXITS` failed exits in a row; it doubles with each
+/// The pause after `MAX_FAILED_EXITS` failed exits in a row. It doubles with each
 /// further failed exit, up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_secs(30);
 const MAX_PAUSE: Duration = Duration::from_secs(600);

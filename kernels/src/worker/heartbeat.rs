@@ -17,12 +17,12 @@ use super::WorkerConfig;
 
 /// The tasks a worker holds, as `(task_id, attempt)`: the one its kernel computes and
 /// the one whose result is being stored.
-type Held = Arc<Mutex<Vec<(String, u32)>>>;
+type HeldTasks = Arc<Mutex<Vec<(String, u32)>>>;
 
 /// A handle to the held leases that a task finishing on its own can keep, to stop
 /// the heartbeats of its lease the moment the ledger has its completion.
 #[derive(Clone)]
-pub struct HeldLeases(Held);
+pub struct HeldLeases(HeldTasks);
 
 impl HeldLeases {
     /// Stops extending this task's lease. A heartbeat for a completed task would find
@@ -35,7 +35,7 @@ impl HeldLeases {
 
 /// Handle to the heartbeat thread.
 pub struct Heartbeats {
-    held: Held,
+    held: HeldTasks,
     stop: mpsc::Sender<()>,
     thread: Option<JoinHandle<()>>,
 }
@@ -43,7 +43,7 @@ pub struct Heartbeats {
 impl Heartbeats {
     /// Starts the thread; it beats every third of the lease length.
     pub fn start(config: &WorkerConfig) -> anyhow::Result<Self> {
-        let held: Held = Arc::default();
+        let held: HeldTasks = Arc::default();
         let (stop, stopped) = mpsc::channel();
         let config = config.clone();
         let thread_held = held.clone();
@@ -80,7 +80,7 @@ impl Heartbeats {
     }
 }
 
-fn beat_until_stopped(config: WorkerConfig, held: Held, stopped: mpsc::Receiver<()>) {
+fn beat_until_stopped(config: WorkerConfig, held: HeldTasks, stopped: mpsc::Receiver<()>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

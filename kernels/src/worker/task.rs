@@ -182,17 +182,17 @@ pub struct Finished {
     pub runtime_secs: f64,
     exit_status: ExitStatus,
     completion: Option<Completion>,
-    /// Why the attempt failed; the caller reports it to the ledger.
+    /// The error that ended the attempt, which the caller reports to the ledger.
     pub error: Option<TaskError>,
     started: Instant,
     ended: Instant,
 }
 
 impl Finished {
-    /// The worker time to charge to this attempt: from its start to the start of the
-    /// worker's next attempt, or to its own end when none followed. Attempts overlap
-    /// while one is stored and the next computes, so their runtimes would count that
-    /// time twice.
+    /// Returns the worker time to charge to this attempt: from its start to the start
+    /// of the worker's next attempt, or to its own end when none followed. Attempts
+    /// overlap while one is stored and the next computes, so their runtimes would
+    /// count that time twice.
     pub fn worker_secs(&self, next_started: Option<Instant>) -> f64 {
         charged_secs(self.started, self.ended, next_started)
     }

@@ -1,8 +1,8 @@
 -- KEYS[1] job hash, KEYS[2] queue, KEYS[3] leases zset, KEYS[4] workers zset
 -- ARGV: max tasks to reap in this call
 -- Queues again every task whose lease deadline has passed, or marks it dead when it
--- has used its max_attempts, and forgets workers whose registration expired. A lease
--- that end_worker_leases ended carries the backend's reason instead of the deadline.
+-- has used its max_attempts, and removes workers whose registration expired. A lease
+-- that end_worker_leases ended records the backend's reason instead of the deadline.
 -- Returns JSON {expired, requeued, dead, workers_alive}.
 local job, queue, leases, workers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms()
